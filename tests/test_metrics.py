@@ -1,0 +1,118 @@
+"""Answer parsing and evaluation metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from train.metrics import (
+    accuracy_by,
+    bucket_label,
+    extract_choice,
+    grounding_metrics,
+    mcq_accuracy,
+    mean_stats,
+    needle_grid,
+    parse_span,
+    temporal_iou,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("B", "B"),
+        (" C.", "C"),
+        ("(D) the red car", "D"),
+        ("The answer is A", "A"),
+        ("The best answer is: C) a dog", "C"),
+        ("Answer: B", "B"),
+        ("Dog", None),          # letter inside a word does not count
+        ("E", None),            # not an allowed option letter
+        ("", None),
+        ("I think C, not B", "C"),
+        ("The correct answer is \n\nD", "D"),
+    ],
+)
+def test_extract_choice(text: str, expected: str | None) -> None:
+    assert extract_choice(text) == expected
+
+
+def test_extract_choice_respects_letter_set() -> None:
+    assert extract_choice("E.", letters="ABCDE") == "E"
+    assert extract_choice("E then A", letters="ABCD") == "A"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("From 12.0 to 18.0 seconds.", (12.0, 18.0)),
+        ("from 3 to 7.5 seconds", (3.0, 7.5)),
+        ("The event happens at 4.2s - 9s.", (4.2, 9.0)),
+        ("between 20 and 10 seconds", (10.0, 20.0)),
+        ("I do not know", None),
+        ("At 5 seconds.", None),
+    ],
+)
+def test_parse_span(text: str, expected: tuple[float, float] | None) -> None:
+    assert parse_span(text) == expected
+
+
+def test_temporal_iou() -> None:
+    assert temporal_iou((0, 10), (0, 10)) == 1.0
+    assert temporal_iou((0, 10), (5, 15)) == pytest.approx(5 / 15)
+    assert temporal_iou((0, 4), (6, 10)) == 0.0
+    assert temporal_iou(None, (1, 2)) == 0.0
+    assert temporal_iou((3, 3), (3, 3)) == 1.0
+    assert temporal_iou((2, 8), (4, 6)) == pytest.approx(2 / 6)
+
+
+def test_grounding_metrics_counts_unparsed_as_zero() -> None:
+    preds = [(0.0, 10.0), (5.0, 15.0), None, (0.0, 4.0)]
+    gts = [(0.0, 10.0), (0.0, 10.0), (1.0, 2.0), (0.0, 10.0)]
+    m = grounding_metrics(preds, gts)
+    ious = [1.0, 5 / 15, 0.0, 0.4]
+    assert m["miou"] == pytest.approx(sum(ious) / 4)
+    assert m["R@0.3"] == pytest.approx(3 / 4)
+    assert m["R@0.5"] == pytest.approx(1 / 4)
+    assert m["R@0.7"] == pytest.approx(1 / 4)
+    assert m["n"] == 4 and m["n_unparsed"] == 1
+
+
+def test_mcq_accuracy() -> None:
+    m = mcq_accuracy(["A", None, "C", "D"], ["A", "B", "B", "D"])
+    assert m["accuracy"] == 0.5 and m["n_unparsed"] == 1 and m["n_correct"] == 2
+    with pytest.raises(ValueError):
+        mcq_accuracy(["A"], ["A", "B"])
+    assert math.isnan(mcq_accuracy([], [])["accuracy"])
+
+
+def test_buckets_and_grouping() -> None:
+    edges = [0, 60, 600]
+    assert bucket_label(0, edges) == "0-60s"
+    assert bucket_label(59.9, edges) == "0-60s"
+    assert bucket_label(60, edges) == "60-600s"
+    assert bucket_label(1e4, edges) == ">=600s"
+    grouped = accuracy_by(["x", "y", "x", "x"], [1, 0, 0, 1])
+    assert grouped["x"] == {"score": pytest.approx(2 / 3), "n": 3}
+    assert grouped["y"] == {"score": 0.0, "n": 1}
+
+
+def test_needle_grid() -> None:
+    g = needle_grid([32, 32, 32, 64], [0.0, 0.0, 0.5, 0.0], [True, False, True, True])
+    cells = {(c["length"], c["depth"]): (c["accuracy"], c["n"]) for c in g["cells"]}
+    assert cells == {(32.0, 0.0): (0.5, 2), (32.0, 0.5): (1.0, 1), (64.0, 0.0): (1.0, 1)}
+    assert g["accuracy"] == 0.75
+
+
+def test_mean_stats() -> None:
+    rows = [
+        {"pair_density": 0.5, "kv_bytes_kept": 50, "kv_bytes_full": 100, "prefill_s": 1.0, "name": "x"},
+        {"pair_density": 0.3, "kv_bytes_kept": 30, "kv_bytes_full": 100, "prefill_s": 3.0, "flag": True},
+    ]
+    m = mean_stats(rows)
+    assert m["pair_density"] == pytest.approx(0.4)
+    assert m["kv_bytes_ratio"] == pytest.approx(0.4)
+    assert m["prefill_s"] == pytest.approx(2.0)
+    assert "name" not in m and "flag" not in m

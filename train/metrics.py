@@ -1,0 +1,154 @@
+"""Evaluation metrics: answer parsing, MCQ accuracy, temporal grounding IoU, needle grids.
+
+Every function here is pure (no model, no I/O) so that the numbers written by
+`train.evaluate` can be recomputed from its per-sample prediction records.
+
+Definitions
+-----------
+* **MCQ letter extraction** (`extract_choice`): the output is stripped, the known
+  answer prefixes (``ANSWER_PREFIXES``, case-insensitive) are removed, and the answer is the
+  *first* upper-case letter among the allowed option letters (default ``A``-``D``) that
+  stands as its own token, i.e. is neither preceded nor followed by an ASCII letter
+  (so ``"B"``, ``"B."``, ``"(C)"``, ``"Answer: D) red"`` parse; the ``D`` inside ``"Dog"`` does not).
+  No such letter -> ``None`` (counted as wrong). A prediction is correct iff the extracted
+  letter equals the ground-truth letter.
+* **Span parsing** (`parse_span`): the first ``<number> [s|sec|seconds] (to|-|–|and) <number>``
+  in the output (case-insensitive, so ``"From 12.0 to 18.0 seconds."`` gives ``(12.0, 18.0)``);
+  the pair is ordered (min, max). Unparseable -> ``None``, scored as IoU 0 and counted.
+* **Temporal IoU**: |pred ∩ gt| / |pred ∪ gt| over closed intervals in seconds; two
+  zero-length identical spans have IoU 1. R@t = fraction of samples with IoU >= t.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+ANSWER_PREFIXES: tuple[str, ...] = (
+    "the best answer is",
+    "the correct answer is",
+    "the answer is",
+    "the best option is",
+    "the correct option is",
+    "best answer:",
+    "best option:",
+    "answer:",
+)
+RECALL_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_SPAN_RE = re.compile(_NUM + r"\s*(?:s|sec|secs|seconds?)?\s*(?:to|-|–|and)\s*" + _NUM, re.IGNORECASE)
+
+
+def extract_choice(text: str, letters: str = "ABCD") -> str | None:
+    """Return the first standalone option letter in `text` (see module docstring), or None."""
+    s = text.strip()
+    lowered = s.lower()
+    for prefix in ANSWER_PREFIXES:
+        idx = lowered.find(prefix)
+        if idx >= 0:
+            s = s[:idx] + s[idx + len(prefix):]
+            lowered = s.lower()
+    pattern = re.compile(r"(?<![A-Za-z])([" + re.escape(letters) + r"])(?![A-Za-z])")
+    m = pattern.search(s)
+    return m.group(1) if m else None
+
+
+def parse_span(text: str) -> tuple[float, float] | None:
+    """Parse the first ``X (to|-|and) Y`` pair of seconds from a model output, ordered (min, max)."""
+    m = _SPAN_RE.search(text)
+    if m is None:
+        return None
+    a, b = float(m.group(1)), float(m.group(2))
+    return (min(a, b), max(a, b))
+
+
+def temporal_iou(pred: Sequence[float] | None, gt: Sequence[float]) -> float:
+    """IoU of two [start, end] intervals in seconds; a missing prediction scores 0."""
+    if pred is None:
+        return 0.0
+    ps, pe = float(pred[0]), float(pred[1])
+    gs, ge = float(gt[0]), float(gt[1])
+    inter = max(0.0, min(pe, ge) - max(ps, gs))
+    union = max(pe, ge) - min(ps, gs)
+    if union <= 0.0:
+        return 1.0 if (ps, pe) == (gs, ge) else 0.0
+    return inter / union
+
+
+def mcq_accuracy(predicted: Sequence[str | None], truth: Sequence[str]) -> dict[str, float]:
+    """Accuracy of extracted letters against ground-truth letters (None counts as wrong)."""
+    if len(predicted) != len(truth):
+        raise ValueError(f"mcq_accuracy: {len(predicted)} predictions vs {len(truth)} answers")
+    n = len(truth)
+    correct = sum(int(p is not None and p == t) for p, t in zip(predicted, truth, strict=True))
+    unparsed = sum(int(p is None) for p in predicted)
+    return {"accuracy": correct / n if n else float("nan"), "n": n, "n_correct": correct, "n_unparsed": unparsed}
+
+
+def grounding_metrics(
+    predicted: Sequence[Sequence[float] | None],
+    truth: Sequence[Sequence[float]],
+    thresholds: Iterable[float] = RECALL_THRESHOLDS,
+) -> dict[str, float]:
+    """mIoU and R@t over samples; unparsed predictions (None) score IoU 0 and are counted."""
+    if len(predicted) != len(truth):
+        raise ValueError(f"grounding_metrics: {len(predicted)} predictions vs {len(truth)} answers")
+    ious = [temporal_iou(p, g) for p, g in zip(predicted, truth, strict=True)]
+    n = len(ious)
+    out: dict[str, float] = {"miou": sum(ious) / n if n else float("nan"), "n": n,
+                             "n_unparsed": sum(int(p is None) for p in predicted)}
+    for t in thresholds:
+        out[f"R@{t:g}"] = sum(int(i >= t) for i in ious) / n if n else float("nan")
+    return out
+
+
+def bucket_label(value: float, edges: Sequence[float]) -> str:
+    """Name of the half-open bucket [edges[i], edges[i+1]) holding `value` (last bucket open-ended)."""
+    if not edges:
+        raise ValueError("bucket_label: empty bucket edges")
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
+        if lo <= value < hi:
+            return f"{lo:g}-{hi:g}s"
+    if value >= edges[-1]:
+        return f">={edges[-1]:g}s"
+    return f"<{edges[0]:g}s"
+
+
+def accuracy_by(keys: Sequence[Any], scores: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Mean score and count per key (keys are stringified, output sorted by key)."""
+    sums: dict[str, list[float]] = {}
+    for k, s in zip(keys, scores, strict=True):
+        sums.setdefault(str(k), []).append(float(s))
+    return {k: {"score": sum(v) / len(v), "n": len(v)} for k, v in sorted(sums.items())}
+
+
+def needle_grid(lengths: Sequence[float], depths: Sequence[float], correct: Sequence[bool]) -> dict[str, Any]:
+    """Needle accuracy per (length, depth) cell: ``{"cells": [{length, depth, accuracy, n}], "accuracy"}``."""
+    cells: dict[tuple[float, float], list[int]] = {}
+    for length, depth, ok in zip(lengths, depths, correct, strict=True):
+        cells.setdefault((float(length), round(float(depth), 4)), []).append(int(bool(ok)))
+    rows = [{"length": k[0], "depth": k[1], "accuracy": sum(v) / len(v), "n": len(v)}
+            for k, v in sorted(cells.items())]
+    n = len(correct)
+    return {"accuracy": sum(int(bool(c)) for c in correct) / n if n else float("nan"), "n": n, "cells": rows}
+
+
+def mean_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean of every finite numeric field over per-sample inference stats (missing fields skipped).
+
+    Adds ``kv_bytes_ratio`` = mean over samples of kept/full KV bytes when both
+    ``kv_bytes_kept`` and ``kv_bytes_full`` are present.
+    """
+    sums: dict[str, list[float]] = {}
+    for row in stats:
+        for key, val in row.items():
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+                continue
+            sums.setdefault(key, []).append(float(val))
+        kept, full = row.get("kv_bytes_kept"), row.get("kv_bytes_full")
+        if "kv_bytes_ratio" not in row and isinstance(kept, (int, float)) and isinstance(full, (int, float)) and full > 0:
+            sums.setdefault("kv_bytes_ratio", []).append(float(kept) / float(full))
+    return {k: sum(v) / len(v) for k, v in sorted(sums.items())}
