@@ -1,0 +1,209 @@
+"""`VideoXL2ForCausalLM`: SigLIP -> DTS -> mlp2x_gelu projector -> 2x2 pool -> Qwen2 causal LM."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+    Qwen2ForCausalLM,
+    SiglipVisionModel,
+)
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .config import VideoXL2Config
+from .dts import DTS, RelativePositionTable, TemporalAttention, group_frames
+from .projector import build_projector, pool_grid
+from .vision import resample_grid, siglip_features
+
+
+class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
+    """Video-XL-2 model; children `vision_tower`, `dts`, `projector`, `llm` (in that order of computation)."""
+
+    config_class = VideoXL2Config
+    config: VideoXL2Config
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["SiglipEncoderLayer", "Qwen2DecoderLayer", "AttnBlock3D", "TemporalAttention",
+                         "SamePadConv3d"]
+
+    def __init__(self, config: VideoXL2Config) -> None:
+        super().__init__(config)
+        channels = config.vision_hidden_size
+        self.vision_tower = SiglipVisionModel(config.vision_config)
+        self.dts = DTS(
+            channels=channels,
+            frames=config.frames_per_group,
+            groups=config.dts_norm_groups,
+            eps=config.dts_norm_eps,
+            max_relative_position=config.dts_max_relative_position,
+            num_stages=config.dts_num_stages,
+            transposed_key_positions=config.dts_layout == "released",
+        )
+        self.projector = build_projector(channels, int(config.text_config.hidden_size))
+        self.llm = Qwen2ForCausalLM(config.text_config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Init of the modules this class owns (DTS, projector); sub-models initialise themselves."""
+        if isinstance(module, DTS):
+            init.normal_(module.temporal_encoding, std=0.02)
+        elif isinstance(module, RelativePositionTable):
+            init.xavier_uniform_(module.embeddings_table)
+        elif isinstance(module, TemporalAttention):
+            for conv in (module.qkv, module.proj_out):
+                init.zeros_(conv.weight)
+                init.zeros_(conv.bias)
+        elif isinstance(module, nn.Conv3d):
+            fan_in = module.weight[0].numel()
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+            init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+        else:
+            super()._init_weights(module)
+
+    # -- embeddings plumbing -------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.llm.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_output_embeddings(value)
+
+    # -- visual path ---------------------------------------------------------------------------------
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (N, 3, S, S), N a multiple of frames_per_group -> (N // 4, tokens_per_group, d_llm)."""
+        cfg = self.config
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (N, 3, S, S), got {tuple(pixel_values.shape)}")
+        if pixel_values.shape[-1] != cfg.image_size or pixel_values.shape[-2] != cfg.image_size:
+            raise ValueError(
+                f"pixel_values spatial size {tuple(pixel_values.shape[-2:])} != image_size {cfg.image_size}"
+            )
+        if pixel_values.shape[0] == 0 or pixel_values.shape[0] % cfg.frames_per_group:
+            raise ValueError(
+                f"pixel_values holds {pixel_values.shape[0]} frames, need a positive multiple of "
+                f"frames_per_group={cfg.frames_per_group}"
+            )
+        feats = siglip_features(self.vision_tower, pixel_values)  # (N, P*P, C)
+        if torch.is_grad_enabled():
+            # post_layernorm is kept for checkpoint compatibility but never applied: touch it with a zero
+            # so that it still receives a (zero) gradient like every other weight.
+            norm = self.vision_tower.post_layernorm
+            feats = feats + (norm.weight.sum() + norm.bias.sum()).to(feats.dtype) * 0.0
+        maps = resample_grid(feats, cfg.interp_grid)  # (N, C, g, g)
+        groups = group_frames(maps, cfg.frames_per_group, released_layout=cfg.dts_layout == "released")
+        dts_dtype = self.dts.temporal_encoding.dtype
+        synthesized = self.dts(groups.to(dts_dtype))  # (G, C, 1, g, g)
+        tokens = synthesized[:, :, 0].flatten(2).transpose(1, 2)  # (G, g*g, C) row-major
+        projected = self.projector(tokens.to(self.projector[0].weight.dtype))
+        return pool_grid(projected, cfg.interp_grid, cfg.video_pool)
+
+    def embed_inputs(self, input_ids: torch.Tensor, visual_embeds: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with `visual_embeds` (G, T, d) written over the <|vision_pad|> positions, row-major."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        mask = input_ids == self.config.vision_pad_token_id
+        num_pads = int(mask.sum())
+        num_visual = 0 if visual_embeds is None else visual_embeds.shape[0] * visual_embeds.shape[1]
+        if visual_embeds is not None and visual_embeds.shape[-1] != embeds.shape[-1]:
+            raise ValueError(f"visual_embeds width {visual_embeds.shape[-1]} != LLM hidden size {embeds.shape[-1]}")
+        if num_pads != num_visual:
+            raise ValueError(
+                f"input_ids hold {num_pads} <|vision_pad|> tokens (id {self.config.vision_pad_token_id}) "
+                f"but {num_visual} visual embeddings were given"
+            )
+        if num_visual == 0:
+            return embeds
+        flat = visual_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        return embeds.masked_scatter(mask.unsqueeze(-1), flat)
+
+    def _dummy_visual_term(self) -> torch.Tensor:
+        """Zero-valued scalar that touches every visual weight (for ZeRO-3 when a batch has no frames)."""
+        cfg = self.config
+        weight = self.vision_tower.embeddings.patch_embedding.weight
+        dummy = torch.zeros(cfg.frames_per_group, 3, cfg.image_size, cfg.image_size,
+                            dtype=weight.dtype, device=weight.device)
+        return self.encode_frames(dummy).sum() * 0.0
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Causal-LM forward; frames in `pixel_values` fill the <|vision_pad|> positions of `input_ids`.
+
+        `cache` and `past_key_values` are the same KV cache (the LLM's current and former name); give one.
+        Extra keyword arguments (e.g. `logits_to_keep`) go to the LLM.
+        """
+        if cache is not None and past_key_values is not None:
+            raise ValueError("give either cache or past_key_values, not both")
+        cache = cache if cache is not None else past_key_values
+        has_frames = pixel_values is not None and pixel_values.numel() > 0
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("forward needs input_ids or inputs_embeds")
+            visual = self.encode_frames(pixel_values) if has_frames else None
+            inputs_embeds = self.embed_inputs(input_ids, visual)
+        elif has_frames:
+            raise ValueError("pass either inputs_embeds or pixel_values, not both")
+        if self.training and not has_frames and torch.is_grad_enabled():
+            inputs_embeds = inputs_embeds + self._dummy_visual_term().to(inputs_embeds.dtype)
+        out = self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            labels=labels,
+            **kwargs,
+        )
+        return CausalLMOutputWithPast(
+            loss=out.loss,
+            logits=out.logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                                      is_first_iteration: bool | None = False, **kwargs):
+        """Frames are consumed by the first (prefill) step only."""
+        inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration and pixel_values is not None:
+            inputs["pixel_values"] = pixel_values
+        return inputs
+
+
+    def generate(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None, **kwargs):
+        """With `pixel_values`, forwards to `model.inference.generate_video`; otherwise plain text generation."""
+        if pixel_values is not None and pixel_values.numel() > 0:
+            from .inference import generate_video
+
+            return generate_video(self, input_ids, pixel_values, **kwargs)
+        return super().generate(input_ids, **kwargs)
+
+
+def register_auto_classes() -> None:
+    """Register the config and model with AutoConfig / AutoModelForCausalLM (idempotent)."""
+    AutoConfig.register(VideoXL2Config.model_type, VideoXL2Config, exist_ok=True)
+    AutoModelForCausalLM.register(VideoXL2Config, VideoXL2ForCausalLM, exist_ok=True)
