@@ -1,0 +1,1 @@
+"""Long-video inference: chunked prefill, bi-level KV decoding, generation."""

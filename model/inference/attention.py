@@ -1,0 +1,109 @@
+"""Run a block of tokens through the Qwen2 decoder layers with planned (sparse) attention.
+
+Uses the Qwen2 modules' own weights (projections, norms, MLP, rotary embedding); only the choice of
+which keys each query reads differs from the stock forward. Batch size 1; tensors are ``[n, d]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+from model.inference.kv_cache import KVStore
+from model.inference.layout import AttnPart
+
+# recorder(layer_idx, part, probs[heads, n_queries, n_keys], key_index) — used by relevance scoring.
+Recorder = Callable[[int, AttnPart, torch.Tensor, torch.Tensor], None]
+
+
+def rope_tables(llm: torch.nn.Module, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[n, head_dim]`` for integer ``positions`` from the LLM's rotary embedding module."""
+    cos, sin = llm.model.rotary_emb(like, positions.to(like.device)[None])
+    return cos[0], sin[0]
+
+
+def _key_index(part: AttnPart) -> torch.Tensor:
+    if isinstance(part.keys, tuple):
+        return torch.arange(part.keys[0], part.keys[1])
+    return part.keys
+
+
+def part_mask(part: AttnPart) -> tuple[torch.Tensor | None, bool]:
+    """``(bool mask [nq, nk] or None, is_causal)`` for ``keys <= query``; None when all visible."""
+    q = part.query_index
+    if isinstance(part.keys, tuple):
+        s, e = part.keys
+        nq = q.numel()
+        if s == 0 and nq == e and bool((q == torch.arange(e)).all()):
+            return None, True
+        if e - 1 <= int(q.min()):
+            return None, False
+    else:
+        if int(part.keys[-1]) <= int(q.min()):
+            return None, False
+    keys = _key_index(part)
+    return keys[None, :] <= q[:, None], False
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: AttnPart, scale: float,
+    layer_idx: int, recorder: Recorder | None,
+) -> torch.Tensor:
+    """Attention of ``q [H, nq, hd]`` over ``k/v [KVH, nk, hd]`` (GQA) under the part's mask."""
+    mask, causal = part_mask(part)
+    if recorder is None:
+        return F.scaled_dot_product_attention(
+            q[None], k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
+        )[0]
+    rep = q.shape[0] // k.shape[0]
+    kk = k.repeat_interleave(rep, dim=0)
+    vv = v.repeat_interleave(rep, dim=0)
+    scores = torch.matmul(q, kk.transpose(1, 2)) * scale
+    if causal:
+        mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    recorder(layer_idx, part, probs, _key_index(part))
+    return torch.matmul(probs, vv)
+
+
+def layer_forward(
+    layer: torch.nn.Module, layer_idx: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    store: KVStore, write_start: int, parts: list[AttnPart], recorder: Recorder | None = None,
+) -> torch.Tensor:
+    """One Qwen2 decoder layer over ``x [n, d]``; writes this block's K/V at ``write_start``."""
+    attn = layer.self_attn
+    n = x.shape[0]
+    hd = attn.head_dim
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(n, -1, hd).transpose(0, 1)
+    k = attn.k_proj(h).view(n, -1, hd).transpose(0, 1)
+    v = attn.v_proj(h).view(n, -1, hd).transpose(0, 1)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=0)
+    store.write(layer_idx, write_start, k, v)
+    del k, v
+    out = q.new_empty(q.shape)
+    for part in parts:
+        kk, vv = store.read(layer_idx, part.keys)
+        out[:, part.rows] = _attend(q[:, part.rows], kk, vv, part, attn.scaling, layer_idx, recorder)
+    del q
+    x = x + attn.o_proj(out.transpose(0, 1).reshape(n, -1))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def forward_block(
+    llm: torch.nn.Module, x: torch.Tensor, positions: torch.Tensor, store: KVStore, write_start: int,
+    parts: list[AttnPart], recorder: Recorder | None = None,
+) -> torch.Tensor:
+    """Run ``x [n, d]`` (token positions ``positions``) through every layer; returns the final-norm
+    hidden states ``[n, d]``. Store slots ``[write_start, write_start + n)`` receive the block's KV."""
+    if x.dim() != 2 or x.shape[0] != positions.numel():
+        raise ValueError(f"block embeddings {tuple(x.shape)} do not match {positions.numel()} positions")
+    cos, sin = rope_tables(llm, positions, x)
+    for i, layer in enumerate(llm.model.layers):
+        x = layer_forward(layer, i, x, cos, sin, store, write_start, parts, recorder)
+    return llm.model.norm(x)
