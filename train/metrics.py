@@ -152,3 +152,47 @@ def mean_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if "kv_bytes_ratio" not in row and isinstance(kept, (int, float)) and isinstance(full, (int, float)) and full > 0:
             sums.setdefault("kv_bytes_ratio", []).append(float(kept) / float(full))
     return {k: sum(v) / len(v) for k, v in sorted(sums.items())}
+
+
+def score_prediction(task: str, text: str, answer: str | None = None,
+                     span: Sequence[float] | None = None, letters: str = "ABCD") -> dict[str, Any]:
+    """Parse one output and score it: mcq/needle -> ``parsed`` letter + ``correct``; grounding -> ``parsed`` span + ``iou``."""
+    if task in ("mcq", "needle"):
+        if answer is None:
+            raise ValueError(f"score_prediction: task {task!r} needs a ground-truth letter")
+        letter = extract_choice(text, letters)
+        return {"parsed": letter, "correct": letter is not None and letter == answer}
+    if task == "grounding":
+        if span is None:
+            raise ValueError("score_prediction: task 'grounding' needs a ground-truth span")
+        pred = parse_span(text)
+        return {"parsed": list(pred) if pred else None, "iou": temporal_iou(pred, span)}
+    raise ValueError(f"score_prediction: unknown task {task!r} (mcq | grounding | needle)")
+
+
+def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float]) -> dict[str, Any]:
+    """Metrics of one task from per-sample records (as written by `train.evaluate`).
+
+    Records carry ``task``, ``duration`` (s), ``stats`` and either ``parsed``/``answer``/``correct``
+    (mcq, needle; needle also ``length`` and ``depth``) or ``parsed``/``span`` (grounding).
+    Scores are recomputed from ``parsed`` and the ground truth, not read from ``correct``/``iou``.
+    """
+    tasks = {r["task"] for r in records}
+    if len(tasks) > 1:
+        raise ValueError(f"summarize: records mix tasks {sorted(tasks)}")
+    task = tasks.pop() if tasks else "none"
+    out: dict[str, Any] = {"task": task}
+    if task == "grounding":
+        preds = [r["parsed"] for r in records]
+        out.update(grounding_metrics(preds, [r["span"] for r in records]))
+        scores = [temporal_iou(p, r["span"]) for p, r in zip(preds, records, strict=True)]
+    else:
+        preds = [r["parsed"] for r in records]
+        out.update(mcq_accuracy(preds, [r["answer"] for r in records]))
+        scores = [float(p is not None and p == r["answer"]) for p, r in zip(preds, records, strict=True)]
+        if task == "needle":
+            out["needle_grid"] = needle_grid([r["length"] for r in records], [r["depth"] for r in records],
+                                             [s > 0 for s in scores])
+    out["by_length"] = accuracy_by([bucket_label(float(r["duration"]), length_edges) for r in records], scores)
+    out["inference"] = mean_stats([r.get("stats") or {} for r in records])
+    return out
