@@ -15,6 +15,8 @@ from train.metrics import (
     mean_stats,
     needle_grid,
     parse_span,
+    score_prediction,
+    summarize,
     temporal_iou,
 )
 
@@ -108,11 +110,40 @@ def test_needle_grid() -> None:
 
 def test_mean_stats() -> None:
     rows = [
-        {"pair_density": 0.5, "kv_bytes_kept": 50, "kv_bytes_full": 100, "prefill_s": 1.0, "name": "x"},
-        {"pair_density": 0.3, "kv_bytes_kept": 30, "kv_bytes_full": 100, "prefill_s": 3.0, "flag": True},
+        {"pair_density": 0.5, "kept_kv_bytes": 50, "full_kv_bytes": 100, "prefill_seconds": 1.0, "name": "x"},
+        {"pair_density": 0.3, "kept_kv_bytes": 10, "full_kv_bytes": 300, "prefill_seconds": 3.0, "flag": True},
     ]
     m = mean_stats(rows)
     assert m["pair_density"] == pytest.approx(0.4)
-    assert m["kv_bytes_ratio"] == pytest.approx(0.4)
-    assert m["prefill_s"] == pytest.approx(2.0)
+    assert m["kv_ratio_pooled"] == pytest.approx(60 / 400)
+    assert m["prefill_seconds"] == pytest.approx(2.0)
     assert "name" not in m and "flag" not in m
+    assert mean_stats([]) == {}
+
+
+def test_score_prediction() -> None:
+    assert score_prediction("mcq", "B.", answer="B") == {"parsed": "B", "correct": True}
+    assert score_prediction("needle", "blue", answer="B") == {"parsed": None, "correct": False}
+    g = score_prediction("grounding", "From 2 to 6 seconds.", span=(4.0, 8.0))
+    assert g["parsed"] == [2.0, 6.0] and g["iou"] == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="unknown task"):
+        score_prediction("caption", "x", answer="A")
+
+
+def test_summarize_recomputes_from_parsed() -> None:
+    recs = [
+        {"task": "needle", "parsed": "A", "answer": "A", "correct": False, "duration": 30, "length": 32, "depth": 0.0,
+         "stats": {"pair_density": 1.0}},
+        {"task": "needle", "parsed": None, "answer": "C", "correct": True, "duration": 70, "length": 64, "depth": 0.5,
+         "stats": {"pair_density": 0.5}},
+    ]
+    m = summarize(recs, [0, 60])
+    # the stale "correct" flags are ignored; scores come from parsed vs answer
+    assert m["accuracy"] == 0.5 and m["n_unparsed"] == 1
+    assert m["by_length"] == {"0-60s": {"score": 1.0, "n": 1}, ">=60s": {"score": 0.0, "n": 1}}
+    assert [c["accuracy"] for c in m["needle_grid"]["cells"]] == [1.0, 0.0]
+    assert m["inference"]["pair_density"] == pytest.approx(0.75)
+    grounding = [{"task": "grounding", "parsed": [0, 10], "span": [5, 10], "duration": 10}]
+    assert summarize(grounding, [0])["miou"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="mix tasks"):
+        summarize(recs + grounding, [0])

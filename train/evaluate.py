@@ -108,7 +108,10 @@ def build_inputs(sample: EvalSample, prompt: str, tokenizer: Any, model_cfg: Any
 
 def numeric_stats(stats: Any) -> dict[str, float]:
     """Scalar numeric fields of a GenerationResult.stats (dataclass or mapping)."""
-    raw = asdict(stats) if is_dataclass(stats) else dict(stats or {})
+    if hasattr(stats, "as_dict"):
+        raw = stats.as_dict()
+    else:
+        raw = asdict(stats) if is_dataclass(stats) else dict(stats or {})
     return {k: float(v) for k, v in raw.items()
             if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
 

@@ -139,19 +139,23 @@ def needle_grid(lengths: Sequence[float], depths: Sequence[float], correct: Sequ
 def mean_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Mean of every finite numeric field over per-sample inference stats (missing fields skipped).
 
-    Adds ``kv_bytes_ratio`` = mean over samples of kept/full KV bytes when both
-    ``kv_bytes_kept`` and ``kv_bytes_full`` are present.
+    With ``kept_kv_bytes`` and ``full_kv_bytes`` present (model.inference GenerationStats) it adds
+    ``kv_ratio_pooled`` = sum kept / sum full over samples (the per-sample mean is ``kv_ratio``).
     """
     sums: dict[str, list[float]] = {}
+    kept_total = full_total = 0.0
     for row in stats:
         for key, val in row.items():
             if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
                 continue
             sums.setdefault(key, []).append(float(val))
-        kept, full = row.get("kv_bytes_kept"), row.get("kv_bytes_full")
-        if "kv_bytes_ratio" not in row and isinstance(kept, (int, float)) and isinstance(full, (int, float)) and full > 0:
-            sums.setdefault("kv_bytes_ratio", []).append(float(kept) / float(full))
-    return {k: sum(v) / len(v) for k, v in sorted(sums.items())}
+        kept, full = row.get("kept_kv_bytes"), row.get("full_kv_bytes")
+        if isinstance(kept, (int, float)) and isinstance(full, (int, float)):
+            kept_total, full_total = kept_total + kept, full_total + full
+    out = {k: sum(v) / len(v) for k, v in sorted(sums.items())}
+    if full_total > 0:
+        out["kv_ratio_pooled"] = kept_total / full_total
+    return out
 
 
 def score_prediction(task: str, text: str, answer: str | None = None,
