@@ -96,9 +96,9 @@ class VideoXL2Config(PretrainedConfig):
                 f"VideoXL2Config.dts_norm_groups ({self.dts_norm_groups}) must divide the DTS channels "
                 f"(vision_config.hidden_size = {channels})"
             )
-        if self.image_size % int(self.vision_config.patch_size):
+        if self.image_size < int(self.vision_config.patch_size):
             raise ValueError(
-                f"vision_config.image_size ({self.image_size}) must be divisible by vision_config.patch_size "
+                f"vision_config.image_size ({self.image_size}) must be at least vision_config.patch_size "
                 f"({self.vision_config.patch_size})"
             )
         for name in ("image_mean", "image_std"):
