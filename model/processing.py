@@ -22,7 +22,7 @@ def preprocess_frames(
 ) -> torch.Tensor:
     """uint8 frames [N, H, W, 3] -> FloatTensor [N, 3, S, S].
 
-    Bicubic resize (antialiased when shrinking, like PIL), rounded and clamped to the uint8 range as an
+    Bicubic resize (PIL-compatible antialiased kernel), rounded and clamped to the uint8 range as an
     image processor would, then ``(x / 255 - mean) / std``. Frames are processed in chunks so that
     long high-resolution videos do not need a float copy of the whole input.
     """
@@ -47,9 +47,9 @@ def preprocess_frames(
     for start in range(0, n, _CHUNK_FRAMES):
         chunk = src[start:start + _CHUNK_FRAMES].permute(0, 3, 1, 2).to(torch.float32)
         if (h, w) != (size, size):
-            shrinking = size < h or size < w
+            # antialias=True selects the PIL-compatible bicubic kernel (a = -0.5) in both directions
             chunk = F.interpolate(chunk, size=(size, size), mode="bicubic", align_corners=False,
-                                  antialias=shrinking)
+                                  antialias=True)
             chunk = chunk.round_().clamp_(0.0, 255.0)
         out[start:start + _CHUNK_FRAMES] = chunk * scale - shift
     return out

@@ -73,7 +73,7 @@ class _ChatIds:
 
 def _single_id(tokenizer: Any, token: str, what: str) -> int:
     tid = tokenizer.convert_tokens_to_ids(token)
-    if tid is None or tid == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
+    if not isinstance(tid, int) or tokenizer.convert_ids_to_tokens(tid) != token:
         raise ValueError(f"tokenizer: lacks the {what} token {token!r}")
     return int(tid)
 
