@@ -1,0 +1,79 @@
+"""Fault kinds of the data pipeline and their per-process counter.
+
+A broken sample is skipped and counted under one reason; the first occurrence of each reason is
+logged (once per process). Counts travel from loader workers to the main process as deltas
+(:meth:`FaultCounter.take_delta`), where :meth:`merge` aggregates them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+logger = logging.getLogger(__name__)
+
+# Reasons a sample (or a whole shard) is skipped.
+BAD_SHARD = "bad_shard"  # unreadable / truncated tar shard (counted once per shard)
+MISSING_JSON = "missing_json"  # sample has no .json member
+BAD_JSON = "bad_json"  # .json is not valid UTF-8 JSON or not an object
+MISSING_KEY = "missing_key"  # a required field (id, conversations) is absent
+BAD_RECORD = "bad_record"  # a field has the wrong type / value
+MISSING_MEDIA = "missing_media"  # json names a video/image but the shard holds no such bytes
+EMPTY_MEDIA = "empty_media"  # zero-byte video or image
+BAD_VIDEO = "bad_video"  # bytes that decord cannot open/decode (truncated mp4, non-video bytes)
+BAD_IMAGE = "bad_image"  # bytes that PIL cannot decode
+BAD_CONVERSATION = "bad_conversation"  # build_sequence rejected the conversations
+NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # truncation left nothing to learn
+# Not a skip: a member under a key outside the known set was ignored (never read nor decoded).
+UNKNOWN_KEY = "unknown_key"
+
+REASONS: tuple[str, ...] = (BAD_SHARD, MISSING_JSON, BAD_JSON, MISSING_KEY, BAD_RECORD, MISSING_MEDIA,
+                            EMPTY_MEDIA, BAD_VIDEO, BAD_IMAGE, BAD_CONVERSATION, NO_SUPERVISED_TOKENS,
+                            UNKNOWN_KEY)
+
+
+class SampleFault(Exception):
+    """A sample cannot be used; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown fault reason {reason!r}")
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class FaultCounter:
+    """Counts faults by reason; logs the first one of each reason; hands out deltas."""
+
+    def __init__(self) -> None:
+        self.total: Counter[str] = Counter()
+        self._delta: Counter[str] = Counter()
+        self._logged: set[str] = set()
+
+    def add(self, reason: str, where: str, detail: str = "") -> None:
+        """Count one fault of ``reason`` at ``where`` (shard/sample) and log it if it is the first."""
+        if reason not in REASONS:
+            raise ValueError(f"unknown fault reason {reason!r}")
+        self.total[reason] += 1
+        self._delta[reason] += 1
+        if reason not in self._logged:
+            self._logged.add(reason)
+            logger.warning("data fault %s at %s: %s (further %s faults are counted, not logged)",
+                           reason, where, detail, reason)
+
+    def take_delta(self) -> dict[str, int]:
+        """Counts added since the last call (and reset them)."""
+        delta = dict(self._delta)
+        self._delta.clear()
+        return delta
+
+    def reset(self) -> None:
+        """Forget all counts (used after a resume fast-forward re-read already-counted data)."""
+        self.total.clear()
+        self._delta.clear()
+
+
+def merge_counts(into: dict[str, int], delta: dict[str, int]) -> None:
+    """Add ``delta`` counts into ``into`` in place."""
+    for reason, n in delta.items():
+        into[reason] = into.get(reason, 0) + int(n)

@@ -1,0 +1,387 @@
+"""The streaming video loader: sharded tar samples -> shuffled, decoded, collated batches.
+
+Data flow per *logical worker* ``g`` of ``n = world_size * num_workers`` (``g = rank * num_workers
++ worker``), per source and per source-epoch:
+
+1. the source's shards are permuted with a seed shared by all workers (``seed``, source, epoch);
+2. with at least ``n`` shards, worker ``g`` reads shards ``g::n`` (node + worker splitting by
+   shard); with fewer shards every worker reads all of them and keeps the samples whose running
+   ordinal ``% n == g`` (splitting by sample), so a tiny split never leaves a rank empty-handed
+   because of shard counts alone;
+3. raw samples (bytes, undecoded) pass a seeded shuffle buffer; sources are interleaved
+   deterministically in proportion to their weights;
+4. only then is a sample decoded (:func:`data.collate.decode_sample`); broken ones are skipped
+   and counted; batches are collated inside the worker.
+
+Exact resume: a worker's stream is a pure function of (plan, epoch), so its state is, per source,
+``{epoch, pos, taken, active}`` (``pos`` raw samples consumed in that source-epoch). Each batch
+carries its worker's state; the main process keeps the latest one per worker plus the round-robin
+position (PyTorch hands out worker batches round-robin, dropping a worker when it ends). Resuming
+rebuilds each stream and fast-forwards ``pos`` raw samples without decoding them, and rotates the
+worker roles so the next batch comes from the right worker.
+
+Fault counts: each batch (and a final per-worker end marker) carries the worker's count deltas; the
+main process adds them to :attr:`VideoLoader.skipped` (reason -> count; see :mod:`data.faults`),
+which is also part of the state dict. Counts are per rank; the trainer all-reduces if it wants
+global figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data.collate import DecodedSample, SampleOptions, collate, decode_sample
+from data.faults import BAD_SHARD, UNKNOWN_KEY, FaultCounter, SampleFault, merge_counts
+from data.mix import DataConfig, ResolvedSource, resolve_split
+from data.shards import SHARD_READ_ERRORS, RawSample, iter_shard
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything that determines the sample streams of one rank (picklable for workers)."""
+
+    sources: tuple[ResolvedSource, ...]
+    seed: int
+    rank: int
+    world_size: int
+    num_workers: int  # logical workers per rank (1 when loading in the main process)
+    shuffle_buffer: int
+    batch_size: int
+    loop: bool
+    pad_token_id: int
+    options: SampleOptions
+
+    def fingerprint(self) -> str:
+        """Hash of the fields a resume must agree on."""
+        o = self.options
+        desc = {
+            "sources": [[s.shards, s.weight, sorted((k, sorted(v)) for k, v in (s.keep or {}).items())]
+                        for s in self.sources],
+            "seed": self.seed, "rank": self.rank, "world": self.world_size, "workers": self.num_workers,
+            "buffer": self.shuffle_buffer, "batch": self.batch_size, "loop": self.loop,
+            "frames": [o.frames_upbound, o.fps_upbound, o.max_length, o.image_size, o.tokens_per_group,
+                       o.frames_per_group], "tasks": sorted(o.tasks) if o.tasks is not None else None,
+        }
+        return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _shuffle(items: Iterator[RawSample], size: int, rng: np.random.Generator) -> Iterator[RawSample]:
+    """Seeded shuffle buffer of ``size`` raw samples."""
+    buf: list[RawSample] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(size))
+        out, buf[j] = buf[j], item
+        yield out
+    while buf:
+        j = int(rng.integers(len(buf)))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        yield buf.pop()
+
+
+def source_epoch(plan: StreamPlan, src_idx: int, epoch: int, worker: int,
+                 faults: FaultCounter) -> Iterator[RawSample]:
+    """Shuffled raw samples of source ``src_idx`` for logical worker ``worker`` in ``epoch``."""
+    src = plan.sources[src_idx]
+    n = plan.world_size * plan.num_workers
+    g = plan.rank * plan.num_workers + worker
+    order = np.random.default_rng([plan.seed, src_idx, epoch]).permutation(len(src.shards))
+    shards = [src.shards[int(i)] for i in order]
+    by_shard = len(shards) >= n
+
+    def raw() -> Iterator[RawSample]:
+        ordinal = 0
+        for pos, shard in enumerate(shards):
+            owner = pos % n == g
+            if by_shard and not owner:
+                continue
+            keep = None if src.keep is None else src.keep.get(shard, frozenset())
+            if keep is not None and not keep:
+                continue
+            try:
+                for sample in iter_shard(shard):
+                    if keep is not None and sample.key not in keep:
+                        continue
+                    if not by_shard:
+                        mine = ordinal % n == g
+                        ordinal += 1
+                        if not mine:
+                            continue
+                    yield sample
+            except SHARD_READ_ERRORS as exc:
+                if owner:
+                    faults.add(BAD_SHARD, shard, f"{type(exc).__name__}: {exc}")
+
+    rng = np.random.default_rng([plan.seed, src_idx, epoch, g, 1])
+    return _shuffle(raw(), plan.shuffle_buffer, rng)
+
+
+def initial_worker_state(plan: StreamPlan, epoch: int) -> dict[str, Any]:
+    """State of a worker that has consumed nothing of ``epoch``."""
+    return {"done": False,
+            "sources": [{"epoch": epoch, "pos": 0, "taken": 0, "active": True} for _ in plan.sources]}
+
+
+class WorkerStream:
+    """The raw-sample stream of one logical worker; ``state`` always describes what was consumed."""
+
+    def __init__(self, plan: StreamPlan, worker: int, state: dict[str, Any], faults: FaultCounter) -> None:
+        self.plan, self.worker, self.faults = plan, worker, faults
+        self.state = copy.deepcopy(state)
+        self._iters: dict[int, Iterator[RawSample]] = {}
+
+    def _open(self, i: int) -> Iterator[RawSample]:
+        st = self.state["sources"][i]
+        it = source_epoch(self.plan, i, st["epoch"], self.worker, self.faults)
+        for skipped in range(st["pos"]):  # fast-forward: raw samples are skipped, never decoded
+            if next(it, None) is None:
+                raise RuntimeError(f"resume: source {self.plan.sources[i].name} epoch {st['epoch']} has only "
+                                   f"{skipped} samples for worker {self.worker}, state says {st['pos']}; "
+                                   "the shards changed since the checkpoint")
+        return it
+
+    def fast_forward(self) -> None:
+        """Open every active source at its saved position."""
+        for i, st in enumerate(self.state["sources"]):
+            if st["active"]:
+                self._iters[i] = self._open(i)
+
+    def __iter__(self) -> Iterator[RawSample]:
+        weights = [s.weight for s in self.plan.sources]
+        while True:
+            active = [i for i, st in enumerate(self.state["sources"]) if st["active"]]
+            if not active:
+                return
+            i = min(active, key=lambda k: ((self.state["sources"][k]["taken"] + 1) / weights[k], k))
+            st = self.state["sources"][i]
+            if i not in self._iters:
+                self._iters[i] = self._open(i)
+            item = next(self._iters[i], None)
+            if item is None:
+                del self._iters[i]
+                if self.plan.loop and st["pos"] > 0:
+                    st["epoch"], st["pos"] = st["epoch"] + 1, 0
+                else:  # single pass done, or nothing at all for this worker in a whole epoch
+                    st["active"] = False
+                continue
+            st["pos"] += 1
+            st["taken"] += 1
+            yield item
+
+
+class ShardStreamDataset(IterableDataset):
+    """Iterable over worker messages: ``{"worker", "state", "skipped", "batch" | "end": True}``."""
+
+    def __init__(self, plan: StreamPlan) -> None:
+        super().__init__()
+        self.plan = plan
+        self.assignment: list[int] = list(range(plan.num_workers))  # physical -> logical worker
+        self.states: list[dict[str, Any]] = [initial_worker_state(plan, 0) for _ in range(plan.num_workers)]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = self.assignment[info.id if info is not None else 0]
+        state = self.states[worker]
+        if state["done"]:
+            return
+        faults = FaultCounter()
+        stream = WorkerStream(self.plan, worker, state, faults)
+        stream.fast_forward()
+        faults.reset()  # anything met while fast-forwarding was counted before the checkpoint
+        opts = self.plan.options
+        pending: list[DecodedSample] = []
+        for raw in stream:
+            if raw.ignored:
+                faults.add(UNKNOWN_KEY, f"{raw.shard}:{raw.key}", f"ignored members {raw.ignored}")
+            try:
+                sample = decode_sample(raw, opts)
+            except SampleFault as fault:
+                faults.add(fault.reason, f"{raw.shard}:{raw.key}", str(fault))
+                continue
+            if sample is None:
+                continue
+            pending.append(sample)
+            if len(pending) == self.plan.batch_size:
+                yield self._message(worker, stream, faults, pending)
+                pending = []
+        if pending:
+            yield self._message(worker, stream, faults, pending)
+        stream.state["done"] = True
+        yield {"worker": worker, "state": copy.deepcopy(stream.state), "skipped": faults.take_delta(),
+               "end": True}
+
+    def _message(self, worker: int, stream: WorkerStream, faults: FaultCounter,
+                 samples: list[DecodedSample]) -> dict[str, Any]:
+        batch = collate(samples, self.plan.pad_token_id, self.plan.options.image_size)
+        return {"worker": worker, "state": copy.deepcopy(stream.state), "skipped": faults.take_delta(),
+                "batch": batch}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class VideoLoader:
+    """Iterates contract batches; ``state_dict``/``load_state_dict`` for exact resume; ``skipped``.
+
+    ``loop=True``: endless stream (each source loops over its own epochs). ``loop=False``: one pass
+    over epoch :attr:`epoch`; a completed pass moves to the next epoch (new shuffle).
+    """
+
+    def __init__(self, plan: StreamPlan, num_workers: int) -> None:
+        self.plan = plan
+        self.num_workers = num_workers
+        self.skipped: dict[str, int] = {}
+        self.epoch = 0
+        self.batches = 0
+        self._reset_pass()
+
+    def _reset_pass(self) -> None:
+        k = self.plan.num_workers
+        self._states = [initial_worker_state(self.plan, self.epoch) for _ in range(k)]
+        self._done = [False] * k
+        self._next = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next pass at the beginning of ``epoch``."""
+        self.epoch = int(epoch)
+        self._reset_pass()
+
+    def _order(self) -> list[int]:
+        k = self.plan.num_workers
+        rotated = [(self._next + j) % k for j in range(k)]
+        return [w for w in rotated if not self._done[w]] + [w for w in rotated if self._done[w]]
+
+    def _advance(self, worker: int) -> None:
+        k = self.plan.num_workers
+        for j in range(1, k + 1):
+            cand = (worker + j) % k
+            if not self._done[cand]:
+                self._next = cand
+                return
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        dataset = ShardStreamDataset(self.plan)
+        dataset.assignment = self._order()
+        dataset.states = copy.deepcopy(self._states)
+        if self.num_workers == 0:
+            messages: Any = iter(dataset)
+        else:
+            messages = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                                       worker_init_fn=_worker_init, persistent_workers=False))
+        for msg in messages:
+            w = int(msg["worker"])
+            merge_counts(self.skipped, msg["skipped"])
+            self._states[w] = msg["state"]
+            if msg.get("end"):
+                self._done[w] = True
+            self._advance(w)
+            if not msg.get("end"):
+                self.batches += 1
+                yield msg["batch"]
+        if not self.plan.loop:
+            self.epoch += 1
+            self._reset_pass()
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable position of this rank's stream (plus fault counts)."""
+        return {"version": STATE_VERSION, "fingerprint": self.plan.fingerprint(), "epoch": self.epoch,
+                "batches": self.batches, "next": self._next, "done": list(self._done),
+                "workers": copy.deepcopy(self._states), "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; the plan (shards, seed, ranks, workers, ...) must match."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state: version {state.get('version')!r}, expected {STATE_VERSION}")
+        if state.get("fingerprint") != self.plan.fingerprint():
+            raise ValueError("loader state: fingerprint mismatch — the data mix, seed, rank/world size, "
+                             "worker count, batch size or sampling options differ from the checkpoint")
+        workers = state["workers"]
+        if len(workers) != self.plan.num_workers or len(state["done"]) != self.plan.num_workers:
+            raise ValueError(f"loader state: {len(workers)} worker states, expected {self.plan.num_workers}")
+        self.epoch = int(state["epoch"])
+        self.batches = int(state["batches"])
+        self._next = int(state["next"])
+        self._done = [bool(d) for d in state["done"]]
+        self._states = copy.deepcopy(list(workers))
+        self.skipped = {str(k): int(v) for k, v in state["skipped"].items()}
+
+
+def _model_field(model_cfg: Any, name: str) -> Any:
+    if not hasattr(model_cfg, name):
+        raise ValueError(f"model_cfg: lacks field {name!r}")
+    return getattr(model_cfg, name)
+
+
+def build_loader(
+    data_cfg: DataConfig | Mapping[str, Any] | DictConfig,
+    tokenizer: Any,
+    model_cfg: Any,
+    *,
+    split: str = "train",
+    batch_size: int,
+    num_workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    frames_upbound: int = 16,
+    fps_upbound: float | None = None,
+    max_length: int | None = None,
+    loop: bool | None = None,
+    tasks: Sequence[str] | None = None,
+) -> VideoLoader:
+    """Build the loader of ``split`` for one rank (see the module docstring for the data flow).
+
+    ``model_cfg`` supplies image_size, tokens_per_group, frames_per_group, image_mean/std and
+    vision_pad_token_id (checked against the tokenizer). ``loop`` defaults to True for train.
+    ``tasks``: keep only samples whose json ``task`` is listed (e.g. ``["caption"]`` for alignment).
+    """
+    cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers: must be >= 0, got {num_workers}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank/world_size: need 0 <= rank < world_size, got {rank}/{world_size}")
+    if frames_upbound < 1:
+        raise ValueError(f"frames_upbound: must be >= 1, got {frames_upbound}")
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        raise ValueError("tokenizer: has no pad_token_id")
+    pad_vision = tokenizer.convert_tokens_to_ids("<|vision_pad|>")
+    if pad_vision != _model_field(model_cfg, "vision_pad_token_id"):
+        raise ValueError(f"model_cfg.vision_pad_token_id ({model_cfg.vision_pad_token_id}) differs from the "
+                         f"tokenizer's <|vision_pad|> id ({pad_vision})")
+    options = SampleOptions(
+        tokenizer=tokenizer,
+        image_size=int(_model_field(model_cfg, "image_size")),
+        tokens_per_group=int(_model_field(model_cfg, "tokens_per_group")),
+        frames_per_group=int(_model_field(model_cfg, "frames_per_group")),
+        mean=tuple(float(x) for x in _model_field(model_cfg, "image_mean")),  # type: ignore[arg-type]
+        std=tuple(float(x) for x in _model_field(model_cfg, "image_std")),  # type: ignore[arg-type]
+        frames_upbound=int(frames_upbound),
+        fps_upbound=fps_upbound,
+        max_length=max_length,
+        tasks=frozenset(tasks) if tasks is not None else None,
+    )
+    plan = StreamPlan(
+        sources=tuple(resolve_split(cfg, split, seed)), seed=int(seed), rank=int(rank),
+        world_size=int(world_size), num_workers=max(1, num_workers), shuffle_buffer=cfg.shuffle_buffer,
+        batch_size=int(batch_size), loop=(split == "train") if loop is None else bool(loop),
+        pad_token_id=int(pad_id), options=options,
+    )
+    return VideoLoader(plan, num_workers)

@@ -1,0 +1,150 @@
+"""Reading and writing WebDataset tar shards with a fixed set of known keys.
+
+Only the keys in :data:`KNOWN_KEYS` are ever read from a shard; every other member (``.pyd``,
+``.pickle``, anything) is skipped by the tar reader without its bytes being read, and reported to the
+``on_unknown`` callback. Values are raw bytes: nothing here decodes, and nothing ever unpickles.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+
+VIDEO_KEYS: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov")
+IMAGE_KEYS: tuple[str, ...] = ("png", "jpg", "jpeg")
+KNOWN_KEYS: frozenset[str] = frozenset(VIDEO_KEYS + IMAGE_KEYS + ("json",))
+
+# Errors a damaged or truncated tar file raises while being streamed.
+SHARD_READ_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError)
+
+
+@dataclass
+class RawSample:
+    """One sample as stored: its key, the shard it came from and its known members' raw bytes."""
+
+    key: str
+    shard: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # suffixes of unknown members (never read)
+
+
+def _split_name(fname: str) -> tuple[str | None, str | None]:
+    prefix, suffix = base_plus_ext(fname)
+    return prefix, (suffix.lower() if suffix is not None else None)
+
+
+def iter_shard(path: str) -> Iterator[RawSample]:
+    """Yield the samples of one tar shard, reading only the bytes of known keys.
+
+    Unknown members are skipped by the tar reader (their bytes are never read) and listed in
+    ``RawSample.ignored``; a sample made only of unknown members is yielded with no members.
+    Damaged tar data raises one of :data:`SHARD_READ_ERRORS` from this generator.
+    """
+    pending: dict[str, list[str]] = {}
+
+    def select(fname: str) -> bool:
+        prefix, suffix = _split_name(fname)
+        if prefix is None or suffix is None:
+            return False
+        if suffix in KNOWN_KEYS:
+            return True
+        pending.setdefault(prefix, []).append(suffix)
+        return False
+
+    def reraise(exn: BaseException) -> bool:
+        raise exn
+
+    with open(path, "rb") as stream:
+        files = tar_file_iterator(stream, handler=reraise, select_files=select)
+        tagged = ({**f, "__url__": path} for f in files)
+        for sample in group_by_keys(tagged, handler=reraise):
+            key = str(sample["__key__"])
+            for orphan in [k for k in pending if k != key]:
+                yield RawSample(key=orphan, shard=path, ignored=pending.pop(orphan))
+            members = {k: v for k, v in sample.items() if k in KNOWN_KEYS}
+            yield RawSample(key=key, shard=path, members=members, ignored=pending.pop(key, []))
+        for orphan in list(pending):
+            yield RawSample(key=orphan, shard=path, ignored=pending.pop(orphan))
+
+
+def iter_shard_keys(path: str) -> Iterator[str]:
+    """Sample keys of a shard in stored order, from tar headers only (member bytes are not read)."""
+    last: str | None = None
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            if not info.isreg():
+                continue
+            prefix, _ = _split_name(info.name)
+            if prefix is not None and prefix != last:
+                last = prefix
+                yield prefix
+
+
+class ShardWriter:
+    """Write samples into ``<out_dir>/<prefix>-NNNNNN.tar`` shards of at most ``shard_size`` samples.
+
+    Each shard is written to a ``.tmp`` file and renamed when complete, so a crash never leaves a
+    half-written shard under its final name. Members get fixed metadata (mtime 0, mode 0644).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], shard_size: int, prefix: str = "shard") -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_size = shard_size
+        self.prefix = prefix
+        self.shards: list[str] = []
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
+        self._count = 0
+
+    def _open_next(self) -> None:
+        final = self.out_dir / f"{self.prefix}-{len(self.shards):06d}.tar"
+        self._tmp = final.with_name(final.name + ".tmp")
+        self._tar = tarfile.open(self._tmp, mode="w", format=tarfile.USTAR_FORMAT)
+        self.shards.append(str(final))
+        self._count = 0
+
+    def _close_current(self) -> None:
+        if self._tar is None or self._tmp is None:
+            return
+        self._tar.close()
+        os.replace(self._tmp, self.shards[-1])
+        self._tar, self._tmp = None, None
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """Add one sample; ``key`` must not contain '.' or '/', member names must be known keys."""
+        if not key or "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r}: must be non-empty without '.' or '/'")
+        unknown = sorted(set(members) - KNOWN_KEYS)
+        if unknown:
+            raise ValueError(f"sample {key!r}: unknown member keys {unknown} (known: {sorted(KNOWN_KEYS)})")
+        if self._tar is None or self._count >= self.shard_size:
+            self._close_current()
+            self._open_next()
+        assert self._tar is not None
+        for ext, data in members.items():
+            info = tarfile.TarInfo(name=f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        self._count += 1
+
+    def close(self) -> list[str]:
+        """Finish the last shard; returns all shard paths written."""
+        self._close_current()
+        return list(self.shards)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
