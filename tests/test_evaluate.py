@@ -83,3 +83,139 @@ def test_load_samples_filters_and_limits(tmp_path: Path) -> None:
         load_samples(_cfg(data=str(ann), format="nope"), tmp_path)
     with pytest.raises(ValueError, match="video_root"):
         load_samples(_cfg(data=str(ann), format="mlvu"), tmp_path)
+
+
+# ------------------------------------------------------------------------------ end to end
+def _write_shard(path: Path, samples: list[tuple[dict, bytes]]) -> None:
+    """A WebDataset-style tar: <key>.json + <key>.mp4 per sample."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for rec, video in samples:
+            for ext, data in (("json", json.dumps(rec).encode()), ("mp4", video)):
+                info = tarfile.TarInfo(f"{rec['id']}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random-weight checkpoint (+ tokenizer) and a test split with mcq and grounding samples."""
+    import numpy as np
+    import torch
+
+    from model import VideoXL2ForCausalLM, build_preset, load_tokenizer
+
+    root = tmp_path_factory.mktemp("eval")
+    ckpt = root / "ckpt"
+    torch.manual_seed(0)
+    VideoXL2ForCausalLM(build_preset("tiny")).save_pretrained(ckpt)
+    load_tokenizer("tiny").save_pretrained(ckpt)
+
+    shards = root / "shards"
+    shards.mkdir()
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(6):
+        n = 24 + 4 * i  # 24..44 frames at 2 fps -> 12..22 s
+        frames = rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8)
+        write_mp4(frames, root / "v.mp4", 2.0)
+        if i % 2 == 0:
+            letter = "ABCD"[i % 4]
+            rec = {"task": "mcq", "answer": {"letter": letter},
+                   "conversations": [{"from": "human", "value": "<image>\nWhat colour is the square?\nA. red\nB. blue\n"
+                                      "C. green\nD. white\nAnswer with the option's letter."},
+                                     {"from": "gpt", "value": f"{letter}."}]}
+        else:
+            rec = {"task": "grounding", "answer": {"span": [1.0, 3.0 + i]},
+                   "conversations": [{"from": "human", "value": "<image>\nWhen does the red square appear?"},
+                                     {"from": "gpt", "value": f"From 1.0 to {3.0 + i:.1f} seconds."}]}
+        rec.update({"id": f"s{i:03d}", "video": f"s{i:03d}.mp4", "duration": n / 2.0, "fps": 2.0})
+        samples.append((rec, (root / "v.mp4").read_bytes()))
+    _write_shard(shards / "test-000000.tar", samples[:3])
+    _write_shard(shards / "test-000001.tar", samples[3:])
+    return {"ckpt": ckpt, "shards": shards, "root": root}
+
+
+def _evaluate(args: list[str], nproc: int = 1) -> None:
+    launcher = [sys.executable, "-m", "train.evaluate"] if nproc == 1 else [
+        str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "train.evaluate"]
+    proc = subprocess.run(launcher + args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _ground_truth(shards: Path) -> dict[str, dict]:
+    import tarfile
+
+    truth = {}
+    for shard in sorted(shards.glob("test-*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if m.name.endswith(".json"):
+                    rec = json.loads(tar.extractfile(m).read())
+                    truth[rec["id"]] = rec
+    return truth
+
+
+def _read(out: Path) -> tuple[dict, list[dict]]:
+    metrics = json.loads(out.read_text())
+    preds = [json.loads(line) for line in Path(metrics["predictions"]).read_text().splitlines()]
+    return metrics, preds
+
+
+@pytest.mark.parametrize(("prefill", "decode"), [("full", "full"), ("chunked", "bilevel")])
+def test_end_to_end_mcq(eval_data: dict[str, Path], tmp_path: Path, prefill: str, decode: str) -> None:
+    from model import load_tokenizer
+    from train.metrics import extract_choice
+
+    out = tmp_path / "mcq.json"
+    _evaluate([f"ckpt={eval_data['ckpt']}", "bench=mcq", f"data={eval_data['shards']}", f"prefill={prefill}",
+               f"decode={decode}", f"out={out}", "setting.frames_upbound=32", "setting.inference.chunk_groups=1",
+               "setting.inference.prev_chunks=1", "setting.inference.top_k=1", "setting.inference.kv_pool=3"])
+    metrics, preds = _read(out)
+    truth = _ground_truth(eval_data["shards"])
+    mcq_ids = sorted(k for k, r in truth.items() if r["task"] == "mcq")
+    assert [p["id"] for p in preds] == mcq_ids
+    tok = load_tokenizer(str(eval_data["ckpt"]))
+    hits = []
+    for p in preds:
+        assert p["prediction"] == tok.decode(p["token_ids"], skip_special_tokens=True)
+        assert 0 < len(p["token_ids"]) <= 8 and p["num_frames"] % 4 == 0 and p["num_frames"] <= 32
+        hits.append(extract_choice(p["prediction"]) == truth[p["id"]]["answer"]["letter"])
+    m = metrics["metrics"]
+    assert m["task"] == "mcq" and m["n"] == len(mcq_ids)
+    assert m["accuracy"] == pytest.approx(sum(hits) / len(hits))
+    assert sum(v["n"] for v in m["by_length"].values()) == len(mcq_ids)
+    density = [p["stats"]["pair_density"] for p in preds]
+    assert m["inference"]["pair_density"] == pytest.approx(sum(density) / len(density))
+    s = metrics["settings"]
+    assert (s["prefill"], s["decode"], s["setting"]["frames_upbound"], s["bench"]["task"]) == (prefill, decode, 32, "mcq")
+    assert s["setting"]["inference"]["chunk_groups"] == 1 and "Answer with" in s["bench"]["template"]
+    if prefill == "chunked":  # >= 5 groups in 1-group chunks seeing 1 previous chunk; top-1 + first + last dense
+        assert all(d < 1.0 for d in density)
+        assert all(p["stats"]["kept_kv_bytes"] < p["stats"]["full_kv_bytes"] for p in preds)
+    else:
+        assert all(d == 1.0 for d in density)
+
+
+def test_end_to_end_grounding_two_ranks(eval_data: dict[str, Path], tmp_path: Path) -> None:
+    """torchrun with 2 ranks gives the same predictions as one process; mIoU recomputes from them."""
+    from train.metrics import parse_span, temporal_iou
+
+    common = [f"ckpt={eval_data['ckpt']}", "bench=grounding", f"data={eval_data['shards']}",
+              "setting.frames_upbound=8", "bench.max_new_tokens=6"]
+    _evaluate(common + [f"out={tmp_path / 'one.json'}"])
+    _evaluate(common + [f"out={tmp_path / 'two.json'}"], nproc=2)
+    one, preds_one = _read(tmp_path / "one.json")
+    two, preds_two = _read(tmp_path / "two.json")
+    assert two["settings"]["world_size"] == 2 and one["settings"]["world_size"] == 1
+    assert [(p["id"], p["token_ids"]) for p in preds_two] == [(p["id"], p["token_ids"]) for p in preds_one]
+    truth = _ground_truth(eval_data["shards"])
+    assert [p["id"] for p in preds_one] == sorted(k for k, r in truth.items() if r["task"] == "grounding")
+    ious = [temporal_iou(parse_span(p["prediction"]), truth[p["id"]]["answer"]["span"]) for p in preds_two]
+    m = two["metrics"]
+    assert m["miou"] == pytest.approx(sum(ious) / len(ious))
+    assert m["R@0.5"] == pytest.approx(sum(i >= 0.5 for i in ious) / len(ious))
+    assert m["n_unparsed"] == sum(parse_span(p["prediction"]) is None for p in preds_two)

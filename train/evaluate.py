@@ -74,14 +74,17 @@ def load_samples(cfg: Any, work_dir: Path) -> list[EvalSample]:
 def read_video(path: str, frames_upbound: int, fps_upbound: float | None,
                group: int) -> tuple[np.ndarray, list[float], float]:
     """Decode the sampled frames of `path`: (uint8 [N, H, W, 3] with N % group == 0, group timestamps, duration s)."""
-    from decord import VideoReader, cpu
+    from decord import DECORDError, VideoReader, cpu
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"video not found: {path}")
-    vr = VideoReader(path, ctx=cpu(0), num_threads=1)
-    n, fps = len(vr), float(vr.get_avg_fps())
-    picked = sample_video_frames(n, fps, frames_upbound=frames_upbound, fps_upbound=fps_upbound, group=group)
-    frames = vr.get_batch(picked.indices).asnumpy()
+    try:
+        vr = VideoReader(path, ctx=cpu(0), num_threads=1)
+        n, fps = len(vr), float(vr.get_avg_fps())
+        picked = sample_video_frames(n, fps, frames_upbound=frames_upbound, fps_upbound=fps_upbound, group=group)
+        frames = vr.get_batch(picked.indices).asnumpy()
+    except (RuntimeError, DECORDError) as exc:
+        raise RuntimeError(f"cannot decode video {path}: {str(exc)[:200]}") from exc
     return frames, picked.group_timestamps(group), n / fps
 
 
@@ -222,7 +225,7 @@ def run(cfg: Any) -> dict[str, Any] | None:
         out = Path(str(cfg.out))
         pred = Path(str(cfg.predictions)) if cfg.predictions else out.with_name(out.stem + ".predictions.jsonl")
         settings = OmegaConf.to_container(cfg, resolve=True)
-        settings.update({"world_size": info.world, "sampling_base_fps": 1.0, "greedy": True,
+        settings.update({"world_size": info.world, "device_resolved": str(device), "sampling_base_fps": 1.0, "greedy": True,
                          "sample_order": [s.sample_id for s in samples]})
         metrics = write_outputs(merged, settings, out, pred, list(cfg.length_buckets), time.perf_counter() - start)
     if info.world > 1:
