@@ -219,3 +219,29 @@ def test_end_to_end_grounding_two_ranks(eval_data: dict[str, Path], tmp_path: Pa
     assert m["miou"] == pytest.approx(sum(ious) / len(ious))
     assert m["R@0.5"] == pytest.approx(sum(i >= 0.5 for i in ious) / len(ious))
     assert m["n_unparsed"] == sum(parse_span(p["prediction"]) is None for p in preds_two)
+
+
+def test_niah_in_process(eval_data: dict[str, Path], tmp_path: Path) -> None:
+    """bench=niah over data.niah records through the composed Hydra config; grid cells recompute."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from train.evaluate import run
+    from train.metrics import extract_choice
+
+    write_mp4(np.random.default_rng(1).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), tmp_path / "hay.mp4", 2.0)
+    records = build_grid(tmp_path / "hay.mp4", tmp_path / "niah", [8, 12], [0.0, 1.0], seed=3)
+    with initialize_config_dir(config_dir=str(REPO / "conf" / "eval"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={eval_data['ckpt']}", "bench=niah", "setting=niah",
+                                             "format=records", f"data={tmp_path / 'niah' / 'annotations.json'}",
+                                             f"out={tmp_path / 'niah.json'}"])
+    metrics = run(cfg)
+    assert metrics == json.loads((tmp_path / "niah.json").read_text())
+    preds = [json.loads(x) for x in Path(metrics["predictions"]).read_text().splitlines()]
+    assert [p["id"] for p in preds] == [r["id"] for r in records]
+    assert [p["num_frames"] for p in preds] == [r["length"] for r in records]  # every needle frame kept
+    cells = {(float(r["length"]), r["answer"]["depth"]): float(extract_choice(p["prediction"]) == r["answer"]["letter"])
+             for p, r in zip(preds, records, strict=True)}
+    grid = metrics["metrics"]["needle_grid"]["cells"]
+    assert {(c["length"], c["depth"]): c["accuracy"] for c in grid} == cells
+    assert metrics["settings"]["setting"]["name"] == "niah" and metrics["settings"]["bench"]["task"] == "needle"

@@ -143,6 +143,8 @@ def test_summarize_recomputes_from_parsed() -> None:
     assert m["by_length"] == {"0-60s": {"score": 1.0, "n": 1}, ">=60s": {"score": 0.0, "n": 1}}
     assert [c["accuracy"] for c in m["needle_grid"]["cells"]] == [1.0, 0.0]
     assert m["inference"]["pair_density"] == pytest.approx(0.75)
+    m = summarize([dict(recs[0], duration=d) for d in (700, 5, 90, -1)], [0, 60, 600])
+    assert list(m["by_length"]) == ["<0s", "0-60s", "60-600s", ">=600s"]
     grounding = [{"task": "grounding", "parsed": [0, 10], "span": [5, 10], "duration": 10}]
     assert summarize(grounding, [0])["miou"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="mix tasks"):

@@ -197,6 +197,8 @@ def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float
         if task == "needle":
             out["needle_grid"] = needle_grid([r["length"] for r in records], [r["depth"] for r in records],
                                              [s > 0 for s in scores])
-    out["by_length"] = accuracy_by([bucket_label(float(r["duration"]), length_edges) for r in records], scores)
+    by_length = accuracy_by([bucket_label(float(r["duration"]), length_edges) for r in records], scores)
+    order = [f"<{length_edges[0]:g}s"] + [bucket_label(e, length_edges) for e in length_edges]
+    out["by_length"] = {k: by_length[k] for k in dict.fromkeys(order) if k in by_length}
     out["inference"] = mean_stats([r.get("stats") or {} for r in records])
     return out
