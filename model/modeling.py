@@ -98,10 +98,10 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
             )
         feats = siglip_features(self.vision_tower, pixel_values)  # (N, P*P, C)
         if torch.is_grad_enabled():
-            # post_layernorm is kept for checkpoint compatibility but never applied: touch it with a zero
-            # so that it still receives a (zero) gradient like every other weight.
-            norm = self.vision_tower.post_layernorm
-            feats = feats + (norm.weight.sum() + norm.bias.sum()).to(feats.dtype) * 0.0
+            # post_layernorm is kept for checkpoint compatibility but never applied to the features: run it on
+            # one token and add zero times the result, so it still gets a (zero) gradient like every weight
+            # (through its own forward, so sharded-parameter hooks gather it).
+            feats = feats + self.vision_tower.post_layernorm(feats[:1, :1]).sum() * 0.0
         maps = resample_grid(feats, cfg.interp_grid)  # (N, C, g, g)
         groups = group_frames(maps, cfg.frames_per_group, released_layout=cfg.dts_layout == "released")
         dts_dtype = self.dts.temporal_encoding.dtype
@@ -200,7 +200,9 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
             from .inference import generate_video
 
             return generate_video(self, input_ids, pixel_values, **kwargs)
-        return super().generate(input_ids, **kwargs)
+        if input_ids is not None:
+            kwargs["inputs"] = input_ids
+        return super().generate(**kwargs)
 
 
 def register_auto_classes() -> None:
