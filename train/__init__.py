@@ -1,0 +1,1 @@
+"""Training: typed configs, DeepSpeed trainer, stage objectives, checkpoints, logging, pipeline."""

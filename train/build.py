@@ -1,0 +1,161 @@
+"""Assemble one stage run from a `RunConfig`: checks, model, trainable set, optimizer, engine, loader."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.config import (
+    MODEL_MODULES,
+    ConfigError,
+    RunConfig,
+    validate_run_config,
+)
+
+# Positions a timestamp text may take when no tokenizer is available (spec: ~152 per 144-token group).
+FALLBACK_TIMESTAMP_TOKENS = 8
+
+
+def model_config(run: RunConfig) -> Any:
+    """The model config a run trains: `init_from`'s config.json if set, else the `model` group."""
+    from model import VideoXL2Config, config_from_dict
+
+    if run.stage.init_from:
+        return VideoXL2Config.from_pretrained(run.stage.init_from)
+    try:
+        return config_from_dict(run.model)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("model", str(exc)) from exc
+
+
+def tokenizer_name(run: RunConfig, model_cfg: Any) -> str | None:
+    """Tokenizer: run override, else the exported dir of `init_from`, else the model preset's."""
+    if run.tokenizer:
+        return run.tokenizer
+    if run.stage.init_from and (Path(run.stage.init_from) / "tokenizer_config.json").is_file():
+        return run.stage.init_from
+    name = getattr(model_cfg, "tokenizer", None) or run.model.get("tokenizer")
+    return None if name in (None, "???") else str(name)
+
+
+def timestamp_tokens(tokenizer: Any | None) -> int:
+    """Worst-case length of a group's timestamp text (multi-hour timestamps)."""
+    if tokenizer is None:
+        return FALLBACK_TIMESTAMP_TOKENS
+    from model.sequence import format_timestamp
+
+    return len(tokenizer(format_timestamp(9999.9), add_special_tokens=False)["input_ids"])
+
+
+def data_config(run: RunConfig) -> dict[str, Any]:
+    """The data mapping with the stage's `train` sources (if any) replacing the data group's."""
+    data = dict(run.data)
+    if run.stage.data.train is not None:
+        data["train"] = list(run.stage.data.train)
+    return data
+
+
+def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | None]:
+    """Every check that needs no compute: config rules, model config, tokenizer, data paths,
+    init_from. Returns (model_config, tokenizer or None)."""
+    if check_paths and run.stage.init_from is not None:
+        if not (Path(run.stage.init_from) / "config.json").is_file():
+            raise ConfigError("stage.init_from", f"{run.stage.init_from!r} holds no exported model (config.json)")
+    mcfg = model_config(run) if (check_paths or not run.stage.init_from) else None
+    if mcfg is None:
+        from model import config_from_dict
+
+        mcfg = config_from_dict(run.model)
+    tok = None
+    name = tokenizer_name(run, mcfg)
+    if name is not None:
+        from model import load_tokenizer
+
+        try:
+            tok = load_tokenizer(name)
+        except (ValueError, OSError) as exc:
+            if check_paths:
+                raise ConfigError("tokenizer", str(exc)) from exc
+    elif check_paths:
+        raise ConfigError("tokenizer", "no tokenizer: set model.tokenizer or tokenizer= to a local directory")
+    validate_run_config(run, frames_per_group=mcfg.frames_per_group, tokens_per_group=mcfg.tokens_per_group,
+                        timestamp_tokens=timestamp_tokens(tok))
+    _check_data(run, check_paths)
+    return mcfg, tok
+
+
+def _check_data(run: RunConfig, check_paths: bool) -> None:
+    from data.mix import DataConfig, resolve_split
+
+    try:
+        cfg = DataConfig.from_mapping(data_config(run))
+        if not cfg.train:
+            raise ValueError("data.train: no training sources")
+        if check_paths:
+            resolve_split(cfg, "train", run.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        text = str(exc)
+        field_name = text.split(":", 1)[0] if text.startswith("data") else "data"
+        if run.stage.data.train is not None and field_name.startswith("data.train"):
+            field_name = "stage." + field_name
+        raise ConfigError(field_name, text.split(": ", 1)[-1]) from exc
+
+
+def count_train_samples(run: RunConfig) -> int:
+    """Samples in the train split after strategies (tar headers only; task filter not applied)."""
+    from data.mix import DataConfig, resolve_split
+    from data.shards import iter_shard_keys
+
+    total = 0
+    for src in resolve_split(DataConfig.from_mapping(data_config(run)), "train", run.seed):
+        if src.keep is not None:
+            total += sum(len(v) for v in src.keep.values())
+        else:
+            total += sum(1 for shard in src.shards for _ in iter_shard_keys(shard))
+    return total
+
+
+def total_steps(run: RunConfig, world_size: int) -> int:
+    """Optimizer steps of the stage: loop.max_steps, else stage.steps, else epochs over the data."""
+    if run.loop.max_steps is not None:
+        return run.loop.max_steps
+    if run.stage.steps is not None:
+        return run.stage.steps
+    assert run.stage.epochs is not None
+    per_step = run.loop.micro_batch_size * run.loop.grad_accum * world_size
+    return max(1, math.floor(run.stage.epochs * count_train_samples(run) / per_step))
+
+
+@dataclass
+class StageParts:
+    """The objects a stage's loop needs."""
+
+    train_module: Any
+    model_cfg: Any
+    tokenizer: Any
+    trainable_counts: dict[str, int]
+
+
+def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
+    """Model (from `init_from` or fresh from config), stage heads, trainable set applied."""
+    from model import VideoXL2ForCausalLM
+    from train.objectives import TrainModule
+    from train.optim import set_trainable
+
+    if run.stage.init_from:
+        model = VideoXL2ForCausalLM.from_pretrained(run.stage.init_from, dtype=torch.float32)
+    else:
+        model = VideoXL2ForCausalLM(model_cfg)
+    children = {name for name, _ in model.named_children()}
+    for i, name in enumerate(run.stage.trainable):
+        if name in MODEL_MODULES and name not in children:
+            raise ConfigError(f"stage.trainable[{i}]", f"model has no child {name!r} (has {sorted(children)})")
+    if run.loop.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    module = TrainModule(model, run.stage.loss, run.stage.masking)
+    counts = set_trainable(module.trainable_modules(), run.stage.trainable)
+    return StageParts(train_module=module, model_cfg=model.config, tokenizer=None, trainable_counts=counts)

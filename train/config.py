@@ -1,0 +1,340 @@
+"""Typed run configuration behind the Hydra YAML (conf/), with validation before any compute.
+
+`parse_run_config(raw)` turns the composed mapping into `RunConfig`, rejecting unknown keys;
+`validate_run_config(run, ...)` checks the cross-field rules. Every error is a `ConfigError`
+whose message starts with the dotted name of the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES: tuple[str, ...] = ("dts", "align", "sft", "long")
+MODEL_MODULES: tuple[str, ...] = ("vision_tower", "dts", "projector", "llm")
+DTS_DECODER: str = "dts_decoder"
+LOSSES: tuple[str, ...] = ("lm", "dts_reconstruction")
+PRECISIONS: tuple[str, ...] = ("bf16", "fp32")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    """A configuration error; `field` is the dotted path of the offending field."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: linear warmup then cosine decay (or constant)."""
+
+    name: str = "cosine"
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class MaskingConfig:
+    """DTS pretraining: semantic-guided masking and the light reconstruction decoder."""
+
+    mask_ratio: float = 0.5
+    semantic_fraction: float = 0.5
+    decoder_dim: int = 256
+    decoder_layers: int = 1
+    decoder_heads: int = 4
+
+
+@dataclass
+class StageDataConfig:
+    """Which data a stage reads: `train` sources ({shards, weight, strategy}) replacing the data
+    config's train split when set, and a task filter on the samples' json `task` (None = all)."""
+
+    train: list[dict[str, Any]] | None = None
+    tasks: list[str] | None = None
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what is trained, how, on what, and where it starts from."""
+
+    name: str = "sft"
+    loss: str = "lm"
+    trainable: list[str] = field(default_factory=list)
+    lr: dict[str, float] = field(default_factory=dict)
+    weight_decay: float = 0.0
+    frames_upbound: int = 16
+    fps_upbound: float | None = None
+    max_length: int = 8192
+    data: StageDataConfig = field(default_factory=StageDataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    steps: int | None = None
+    epochs: float | None = None
+    init_from: str | None = None
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO stage, precision and extra `zero_optimization` keys for DeepSpeed."""
+
+    zero_stage: int = 2
+    precision: str = "bf16"
+    zero_optimization: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoopConfig:
+    """The optimisation loop: batch sizes, clipping, AdamW, failure handling."""
+
+    micro_batch_size: int = 1
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    activation_checkpointing: bool = False
+    max_consecutive_nonfinite: int = 5
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    max_steps: int | None = None
+    loader_workers: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    """Periodic checkpoints and resume; `resume` is None, "auto" or a checkpoint directory."""
+
+    every_steps: int = 100
+    keep_last_k: int = 2
+    resume: str | None = None
+    export: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """Rank-0 logging: console/tqdm, JSONL metrics, wandb, MFU reference peak."""
+
+    every_steps: int = 1
+    tqdm: bool = True
+    wandb_mode: str | None = None
+    wandb_project: str = "videoxl2"
+    run_name: str | None = None
+    peak_tflops_per_device: float = 989.0
+
+
+@dataclass
+class RunConfig:
+    """Everything one `python -m train` run needs."""
+
+    stage: StageConfig
+    model: dict[str, Any]
+    data: dict[str, Any]
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    output_root: str = "outputs"
+    output_dir: str = "outputs/run"
+    tokenizer: str | None = None
+    preset: str | None = None
+    seed: int = 1234
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Convert a plain YAML value to the annotated type, or raise ConfigError naming `path`."""
+    optional, inner = _is_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise ConfigError(path, "must not be null")
+    tp = inner
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, path)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"expected a list, got {type(value).__name__}")
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
+        return {_coerce(k, key_tp, path): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(path, f"expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(path, f"unsupported type {tp}")
+
+
+def _build(cls: type, raw: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, f"unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            sub = f"{path}.{f.name}" if path else f.name
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}.{f.name}" if path else f.name, "missing required field")
+    return cls(**kwargs)
+
+
+def parse_run_config(raw: dict[str, Any]) -> RunConfig:
+    """Build a `RunConfig` from a resolved plain mapping; the stage preset (if any) is applied."""
+    raw = dict(raw)
+    raw.pop("hydra", None)
+    run: RunConfig = _build(RunConfig, raw, "")
+    if run.preset is not None:
+        overrides = run.stage.presets.get(run.preset)
+        if overrides is None:
+            raise ConfigError("preset", f"stage {run.stage.name!r} has no preset {run.preset!r} "
+                                        f"(has: {sorted(run.stage.presets)})")
+        stage_raw = dataclasses.asdict(run.stage)
+        for key, value in overrides.items():
+            if key not in stage_raw:
+                raise ConfigError(f"stage.presets.{run.preset}.{key}", "unknown stage field")
+            if isinstance(value, dict) and isinstance(stage_raw[key], dict):
+                stage_raw[key] = {**stage_raw[key], **value}
+            else:
+                stage_raw[key] = value
+        run.stage = _build(StageConfig, stage_raw, "stage")
+    return run
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def visual_tokens_for_frames(frames: int, frames_per_group: int, tokens_per_group: int,
+                             timestamp_tokens: int) -> int:
+    """Sequence positions taken by a video of `frames` frames (padded up to whole groups)."""
+    groups = -(-frames // frames_per_group)
+    return groups * (tokens_per_group + timestamp_tokens)
+
+
+def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
+                        tokens_per_group: int | None = None, timestamp_tokens: int = 0,
+                        model_children: set[str] | None = None) -> None:
+    """Check cross-field rules; raise ConfigError naming the field. Pure: no compute, no I/O
+    beyond checking that data paths exist."""
+    st = run.stage
+    if st.name not in STAGES:
+        raise ConfigError("stage.name", f"unknown stage {st.name!r} (known: {', '.join(STAGES)})")
+    if st.loss not in LOSSES:
+        raise ConfigError("stage.loss", f"unknown loss {st.loss!r} (known: {', '.join(LOSSES)})")
+    if not st.trainable:
+        raise ConfigError("stage.trainable", "no trainable module declared")
+    allowed = set(model_children) if model_children is not None else set(MODEL_MODULES)
+    if st.loss == "dts_reconstruction":
+        allowed.add(DTS_DECODER)
+    for i, name in enumerate(st.trainable):
+        if name not in allowed:
+            raise ConfigError(f"stage.trainable[{i}]",
+                              f"unknown module {name!r} (known: {', '.join(sorted(allowed))})")
+    if len(set(st.trainable)) != len(st.trainable):
+        raise ConfigError("stage.trainable", "a module is listed twice")
+    if st.loss == "dts_reconstruction" and DTS_DECODER not in st.trainable:
+        raise ConfigError("stage.trainable", f"dts_reconstruction trains {DTS_DECODER!r}; list it")
+    for name in st.trainable:
+        if name not in st.lr:
+            raise ConfigError(f"stage.lr.{name}", "missing learning rate for a trainable module")
+        if not st.lr[name] > 0:
+            raise ConfigError(f"stage.lr.{name}", f"learning rate must be > 0, got {st.lr[name]}")
+    for name in st.lr:
+        if name not in allowed:
+            raise ConfigError(f"stage.lr.{name}", f"unknown module {name!r}")
+    if st.weight_decay < 0:
+        raise ConfigError("stage.weight_decay", "must be >= 0")
+    if st.schedule.name not in SCHEDULES:
+        raise ConfigError("stage.schedule.name", f"unknown schedule {st.schedule.name!r}")
+    if not 0.0 <= st.schedule.warmup_ratio < 1.0:
+        raise ConfigError("stage.schedule.warmup_ratio", "must be in [0, 1)")
+    if st.frames_upbound < 1:
+        raise ConfigError("stage.frames_upbound", "must be >= 1")
+    if st.fps_upbound is not None and st.fps_upbound <= 0:
+        raise ConfigError("stage.fps_upbound", "must be > 0 or null")
+    if st.max_length < 1:
+        raise ConfigError("stage.max_length", "must be >= 1")
+    if frames_per_group is not None and tokens_per_group is not None:
+        need = visual_tokens_for_frames(st.frames_upbound, frames_per_group, tokens_per_group,
+                                        timestamp_tokens)
+        if need > st.max_length:
+            raise ConfigError(
+                "stage.frames_upbound",
+                f"{st.frames_upbound} frames take {need} positions "
+                f"({-(-st.frames_upbound // frames_per_group)} groups x ({tokens_per_group} visual + "
+                f"{timestamp_tokens} timestamp tokens)) > stage.max_length={st.max_length}")
+    if st.steps is None and st.epochs is None and run.loop.max_steps is None:
+        raise ConfigError("stage.steps", "set stage.steps or stage.epochs")
+    if st.steps is not None and st.steps < 1:
+        raise ConfigError("stage.steps", "must be >= 1")
+    if st.epochs is not None and st.epochs <= 0:
+        raise ConfigError("stage.epochs", "must be > 0")
+    if not 0.0 < st.masking.mask_ratio < 1.0:
+        raise ConfigError("stage.masking.mask_ratio", "must be in (0, 1)")
+    if not 0.0 <= st.masking.semantic_fraction <= 1.0:
+        raise ConfigError("stage.masking.semantic_fraction", "must be in [0, 1]")
+    ds = run.deepspeed
+    if ds.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError("deepspeed.zero_stage", f"must be 0..3, got {ds.zero_stage}")
+    if ds.precision not in PRECISIONS:
+        raise ConfigError("deepspeed.precision", f"must be one of {PRECISIONS}, got {ds.precision!r}")
+    lp = run.loop
+    for name in ("micro_batch_size", "grad_accum", "max_consecutive_nonfinite"):
+        if getattr(lp, name) < 1:
+            raise ConfigError(f"loop.{name}", "must be >= 1")
+    if lp.grad_clip < 0:
+        raise ConfigError("loop.grad_clip", "must be >= 0 (0 disables clipping)")
+    if len(lp.adam_betas) != 2:
+        raise ConfigError("loop.adam_betas", "needs two values")
+    if lp.max_steps is not None and lp.max_steps < 1:
+        raise ConfigError("loop.max_steps", "must be >= 1")
+    ck = run.checkpoint
+    if ck.every_steps < 1:
+        raise ConfigError("checkpoint.every_steps", "must be >= 1")
+    if ck.keep_last_k < 1:
+        raise ConfigError("checkpoint.keep_last_k", "must be >= 1")
+    if run.logging.wandb_mode is not None and run.logging.wandb_mode not in WANDB_MODES:
+        raise ConfigError("logging.wandb_mode", f"must be one of {WANDB_MODES} or null")
+    if run.logging.every_steps < 1:
+        raise ConfigError("logging.every_steps", "must be >= 1")

@@ -1,0 +1,123 @@
+"""DeepSpeed setup: process-group init from the launcher's environment and engine construction."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.config import DeepSpeedConfig, LoopConfig
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Rank/world of this process as given by torchrun, the deepspeed launcher or SLURM."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (falling back to SLURM_* and then to a single process)."""
+    env = os.environ if environ is None else environ
+    rank = int(env.get("RANK", env.get("SLURM_PROCID", "0")))
+    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1")))
+    local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
+    return DistEnv(rank=rank, world_size=world, local_rank=local)
+
+
+def init_distributed(dist_env: DistEnv) -> None:
+    """Initialise torch.distributed through DeepSpeed (nccl on GPUs, gloo on CPU).
+
+    A lone process without a launcher gets a local rendezvous so the same code path runs.
+    """
+    import deepspeed
+
+    os.environ.setdefault("RANK", str(dist_env.rank))
+    os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
+    os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        if dist_env.world_size > 1:
+            raise RuntimeError("MASTER_PORT is not set; launch with torchrun/deepspeed or set it")
+        os.environ["MASTER_PORT"] = str(_free_port())
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _backend() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().communication_backend_name()
+
+
+def device() -> torch.device:
+    """The accelerator device DeepSpeed selected for this process."""
+    from deepspeed.accelerator import get_accelerator
+
+    name = get_accelerator().device_name()
+    if name == "cpu":
+        return torch.device("cpu")
+    return torch.device(name, get_accelerator().current_device())
+
+
+def deepspeed_config(ds: DeepSpeedConfig, loop: LoopConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON config for this run (client AdamW, no DeepSpeed scheduler)."""
+    zero = {"stage": ds.zero_stage, **ds.zero_optimization}
+    return {
+        "train_micro_batch_size_per_gpu": loop.micro_batch_size,
+        "gradient_accumulation_steps": loop.grad_accum,
+        "gradient_clipping": loop.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, schedule_fn: Any,
+                 ds_config: dict[str, Any]) -> Any:
+    """Wrap `module` and the client optimizer in a DeepSpeed engine with a LambdaLR schedule."""
+    import deepspeed
+
+    def make_scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule_fn)
+
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                           lr_scheduler=make_scheduler, config=ds_config)
+    return engine
+
+
+def all_reduce_max(value: float, dev: torch.device) -> float:
+    """Max of a scalar over all ranks (used to agree on skip/stop decisions)."""
+    t = torch.tensor([float(value)], dtype=torch.float64, device=dev)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_sum(values: list[float], dev: torch.device) -> list[float]:
+    """Element-wise sum of a small float vector over all ranks."""
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t.tolist()

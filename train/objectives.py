@@ -1,0 +1,154 @@
+"""Stage objectives: causal-LM loss, and DTS masked reconstruction with semantic-guided masking.
+
+DTS pretraining (see docs/dts_pretraining.md): the frozen vision tower gives each frame's encoder
+tokens on the interpolated grid; a fraction of them is replaced by a learned mask token, chosen
+partly by saliency (the most distinctive tokens of the frame) and partly at random; DTS compresses
+the 4 masked frames into one token map; a light decoder expands that map back to 4 frames and is
+scored by MSE against the per-token-normalised original tokens, on masked positions only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.dts import group_frames
+from model.vision import resample_grid, siglip_features
+from train.config import MaskingConfig
+
+
+class DTSDecoder(nn.Module):
+    """Light decoder: DTS output (G, P, C) -> (G, F, P, C) reconstructed encoder tokens.
+
+    Also owns the mask token that replaces masked encoder tokens at the DTS input. It exists only
+    during DTS pretraining and is never part of the exported model.
+    """
+
+    def __init__(self, channels: int, frames: int, tokens: int, dim: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.frames = frames
+        self.mask_token = nn.Parameter(torch.zeros(channels))
+        self.inp = nn.Linear(channels, dim)
+        self.frame_embed = nn.Parameter(torch.randn(frames, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        g, p, _ = z.shape
+        h = self.inp(z)[:, None] + self.frame_embed[None, :, None] + self.pos_embed[None, None]
+        h = h.reshape(g * self.frames, p, -1)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(self.norm(h)).reshape(g, self.frames, p, -1)
+
+
+def semantic_guided_mask(tokens: torch.Tensor, mask_ratio: float, semantic_fraction: float) -> torch.Tensor:
+    """Boolean mask (..., P) over tokens (..., P, C): `mask_ratio * P` tokens per frame, of which a
+    `semantic_fraction` share are the most salient and the rest drawn uniformly from the others.
+
+    Saliency = distance of a token from its frame's mean token (distinctive content scores high).
+    """
+    p = tokens.shape[-2]
+    k = max(1, min(p - 1, round(mask_ratio * p)))
+    k_sem = min(k, round(semantic_fraction * k))
+    with torch.no_grad():
+        saliency = (tokens - tokens.mean(dim=-2, keepdim=True)).float().norm(dim=-1)
+        scores = torch.rand(saliency.shape, device=tokens.device)
+        if k_sem > 0:
+            top = saliency.topk(k_sem, dim=-1).indices
+            scores.scatter_(-1, top, 2.0)  # always chosen before any random pick (rand < 1)
+        chosen = scores.topk(k, dim=-1).indices
+        mask = torch.zeros_like(saliency, dtype=torch.bool)
+        mask.scatter_(-1, chosen, True)
+    return mask
+
+
+def normalise_tokens(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-token standardisation over channels (reconstruction targets)."""
+    x = x.float()
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + eps)
+
+
+class TrainModule(nn.Module):
+    """What DeepSpeed wraps: the model plus stage-only heads; `forward(batch)` returns the loss.
+
+    Children: `model` (VideoXL2ForCausalLM) and, for DTS pretraining, `dts_decoder`.
+    """
+
+    def __init__(self, model: nn.Module, loss: str, masking: MaskingConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_name = loss
+        self.masking = masking
+        if loss == "dts_reconstruction":
+            cfg = model.config
+            if masking is None:
+                raise ValueError("stage.masking is required for dts_reconstruction")
+            self.dts_decoder = DTSDecoder(cfg.vision_hidden_size, cfg.frames_per_group, cfg.interp_grid**2,
+                                          masking.decoder_dim, masking.decoder_layers, masking.decoder_heads)
+        elif loss != "lm":
+            raise ValueError(f"stage.loss: unknown loss {loss!r}")
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """Name -> module for every module a stage may list in `trainable`."""
+        mods = {name: getattr(self.model, name) for name in ("vision_tower", "dts", "projector", "llm")}
+        if self.loss_name == "dts_reconstruction":
+            mods["dts_decoder"] = self.dts_decoder
+        return mods
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.loss_name == "lm":
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                              pixel_values=pixel_values).loss
+        return self.dts_reconstruction(pixel_values)
+
+    def dts_reconstruction(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Masked reconstruction loss of the 4 frames' interpolated encoder tokens from the DTS output."""
+        cfg = self.model.config
+        masking = self.masking
+        assert masking is not None
+        empty = pixel_values.numel() == 0
+        if empty:  # every rank runs the same modules (ZeRO-3); the loss is then exactly zero
+            weight = self.model.vision_tower.embeddings.patch_embedding.weight
+            pixel_values = torch.zeros(cfg.frames_per_group, 3, cfg.image_size, cfg.image_size,
+                                       dtype=weight.dtype, device=weight.device)
+        tower = self.model.vision_tower
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
+            maps = resample_grid(siglip_features(tower, pixel_values), cfg.interp_grid)  # (N, C, g, g)
+        n, c, g, _ = maps.shape
+        frames = cfg.frames_per_group
+        tokens = maps.flatten(2).transpose(1, 2).reshape(n // frames, frames, g * g, c)  # (G, F, P, C)
+        mask = semantic_guided_mask(tokens, masking.mask_ratio, masking.semantic_fraction)
+        mask_token = self.dts_decoder.mask_token.to(tokens.dtype)
+        masked = torch.where(mask[..., None], mask_token, tokens)
+        masked_maps = masked.reshape(n, g * g, c).transpose(1, 2).reshape(n, c, g, g)
+        grouped = group_frames(masked_maps, frames, released_layout=cfg.dts_layout == "released")
+        dts_dtype = self.model.dts.temporal_encoding.dtype
+        z = self.model.dts(grouped.to(dts_dtype))[:, :, 0].flatten(2).transpose(1, 2)  # (G, P, C)
+        pred = self.dts_decoder(z.to(self.dts_decoder.inp.weight.dtype)).float()
+        per_token = (pred - normalise_tokens(tokens)).pow(2).mean(-1)
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return loss * 0.0 if empty else loss
+
+
+def batch_stats(batch: dict[str, Any], vision_pad_token_id: int) -> dict[str, float]:
+    """Counts for throughput logging: samples, tokens (non-pad), visual tokens, frames."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    tokens = int(mask.sum()) if mask is not None else ids.numel()
+    return {
+        "samples": float(ids.shape[0]),
+        "tokens": float(tokens),
+        "visual_tokens": float((ids == vision_pad_token_id).sum()),
+        "frames": float(batch["pixel_values"].shape[0]) if batch.get("pixel_values") is not None else 0.0,
+        "seq_len": float(ids.shape[1]),
+    }

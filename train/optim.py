@@ -1,0 +1,85 @@
+"""Trainable-module selection, per-module AdamW parameter groups, warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from train.config import ScheduleConfig
+
+
+def set_trainable(modules: dict[str, nn.Module], trainable: list[str]) -> dict[str, int]:
+    """Freeze every module, then unfreeze exactly those named; return trainable counts per name."""
+    unknown = [n for n in trainable if n not in modules]
+    if unknown:
+        raise ValueError(f"stage.trainable: unknown modules {unknown} (model has {sorted(modules)})")
+    for module in modules.values():
+        module.requires_grad_(False)
+    counts: dict[str, int] = {}
+    for name in trainable:
+        modules[name].requires_grad_(True)
+        counts[name] = sum(p.numel() for p in modules[name].parameters())
+    return counts
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower() or "embedding" in name.lower()
+
+
+def param_groups(modules: dict[str, nn.Module], lrs: dict[str, float],
+                 weight_decay: float) -> list[dict]:
+    """One or two AdamW groups per trainable module (decayed / not decayed), each with its lr.
+
+    Frozen parameters (requires_grad False) are left out, so the optimizer never sees them.
+    A parameter shared by two modules is assigned to the first module that lists it.
+    """
+    seen: set[int] = set()
+    groups: list[dict] = []
+    for module_name, module in modules.items():
+        decay, no_decay = [], []
+        for pname, p in module.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if _no_decay(pname, p) else decay).append(p)
+        for params, wd, suffix in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
+            if params:
+                groups.append({"params": params, "lr": lrs[module_name], "weight_decay": wd,
+                               "name": f"{module_name}/{suffix}"})
+    if not groups:
+        raise ValueError("stage.trainable: no trainable parameters")
+    return groups
+
+
+@dataclass
+class WarmupCosine:
+    """Multiplier on each group's base lr: linear warmup to 1, then cosine to `min_ratio`."""
+
+    total_steps: int
+    warmup_steps: int
+    min_ratio: float = 0.0
+    cosine: bool = True
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.cosine:
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_schedule(sched: ScheduleConfig, total_steps: int) -> WarmupCosine:
+    """The multiplier function for `total_steps` optimizer steps."""
+    warmup = int(math.ceil(sched.warmup_ratio * total_steps))
+    return WarmupCosine(total_steps=total_steps, warmup_steps=warmup, min_ratio=sched.min_lr_ratio,
+                        cosine=sched.name == "cosine")
+
+
+def build_optimizer(groups: list[dict], betas: tuple[float, float], eps: float) -> torch.optim.AdamW:
+    """Client AdamW (DeepSpeed wraps it for ZeRO)."""
+    return torch.optim.AdamW(groups, betas=betas, eps=eps)

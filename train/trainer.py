@@ -1,0 +1,247 @@
+"""The training loop of one stage: DeepSpeed steps, non-finite skipping, checkpoints, signals, logs.
+
+`train_stage(run, raw_config)` is what `python -m train` calls: it validates everything before any
+compute, builds the model/engine/loader (train/build.py, train/engine.py), resumes if asked, runs
+`StepLoop`, and exports the model in HF format (train/export.py).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train import checkpoint as ckpt
+from train.config import RunConfig
+from train.engine import DistEnv, all_reduce_max, all_reduce_sum
+from train.logging_utils import FlopModel, MetricsLogger
+from train.signals import StopRequest
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `loop.max_consecutive_nonfinite` non-finite losses in a row."""
+
+
+@dataclass
+class LoopState:
+    """Counters saved with every checkpoint."""
+
+    step: int = 0
+    micro_batches: int = 0
+    samples: int = 0
+    tokens: int = 0
+    nonfinite_total: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        return cls(**{k: int(d[k]) for k in cls().__dict__ if k in d})
+
+
+@dataclass
+class LoopResult:
+    """What a finished (or interrupted) stage reports."""
+
+    state: LoopState
+    losses: list[float] = field(default_factory=list)
+    stopped_by_signal: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _batch_tensors(batch: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
+    return {k: batch[k].to(dev, non_blocking=True)
+            for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
+
+
+class StepLoop:
+    """Optimizer steps over a batch iterator with a DeepSpeed engine (generic in the module).
+
+    One optimizer step = `grad_accum` finite micro-batches. A micro-batch whose loss is non-finite
+    on any rank is dropped on all ranks (no backward, no engine step) and counted; more than
+    `max_consecutive_nonfinite` in a row raises `NonFiniteLossError`.
+    """
+
+    def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, total_steps: int, grad_accum: int,
+                 max_consecutive_nonfinite: int, vision_pad_token_id: int | None,
+                 flops: FlopModel | None, peak_flops_per_device: float) -> None:
+        self.engine = engine
+        self.dist = dist
+        self.dev = dev
+        self.total_steps = total_steps
+        self.grad_accum = grad_accum
+        self.max_nonfinite = max_consecutive_nonfinite
+        self.vision_pad = vision_pad_token_id
+        self.flops = flops
+        self.peak = peak_flops_per_device
+        self.consecutive_nonfinite = 0
+
+    def _group_lrs(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for group in self.engine.optimizer.param_groups:
+            module = str(group.get("name", "group")).split("/")[0]
+            out.setdefault(f"lr/{module}", float(group["lr"]))
+        return out
+
+    def one_step(self, batches: Iterator[dict[str, Any]], state: LoopState,
+                 skipped: dict[str, int]) -> dict[str, float]:
+        """Run micro-batches until one optimizer step is taken; return its metrics."""
+        t0 = time.perf_counter()
+        done = 0
+        loss_sum = 0.0
+        local = {"samples": 0.0, "tokens": 0.0, "visual_tokens": 0.0, "frames": 0.0, "seq_sq": 0.0}
+        while done < self.grad_accum:
+            batch = next(batches)
+            inputs = _batch_tensors(batch, self.dev)
+            loss = self.engine(**inputs)
+            bad = all_reduce_max(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, self.dev)
+            state.micro_batches += 1
+            if bad > 0:
+                state.nonfinite_total += 1
+                self.consecutive_nonfinite += 1
+                if self.consecutive_nonfinite >= self.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"{self.consecutive_nonfinite} consecutive non-finite losses (limit "
+                        f"loop.max_consecutive_nonfinite={self.max_nonfinite}) at step {state.step}")
+                continue
+            self.consecutive_nonfinite = 0
+            self.engine.backward(loss)
+            self.engine.step()
+            done += 1
+            loss_sum += float(loss.detach().float())
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            lengths = mask.sum(dim=1).double()
+            local["samples"] += ids.shape[0]
+            local["tokens"] += float(lengths.sum())
+            local["seq_sq"] += float((lengths**2).sum())
+            local["frames"] += float(batch["pixel_values"].shape[0])
+            if self.vision_pad is not None:
+                local["visual_tokens"] += float((ids == self.vision_pad).sum())
+        keys = list(local)
+        reduced = dict(zip(keys, all_reduce_sum([local[k] for k in keys] + [loss_sum], self.dev)[:-1],
+                           strict=True))
+        loss_mean = all_reduce_sum([loss_sum], self.dev)[0] / (self.grad_accum * self.dist.world_size)
+        skipped_total = all_reduce_sum([float(v) for v in skipped.values()], self.dev) if skipped else []
+        dt = time.perf_counter() - t0
+        state.step += 1
+        state.samples += int(reduced["samples"])
+        state.tokens += int(reduced["tokens"])
+        metrics: dict[str, float] = {"loss": loss_mean, "step_time_s": dt,
+                                     "tokens_per_s": reduced["tokens"] / dt,
+                                     "samples_per_s": reduced["samples"] / dt,
+                                     "visual_tokens_per_sample": reduced["visual_tokens"] / max(1.0, reduced["samples"]),
+                                     "nonfinite_total": float(state.nonfinite_total)}
+        gnorm = self.engine.get_global_grad_norm()
+        if gnorm is not None:
+            metrics["grad_norm"] = float(gnorm)
+        metrics.update(self._group_lrs())
+        for reason, count in zip(skipped.keys(), skipped_total, strict=True):
+            metrics[f"skipped/{reason}"] = count
+        if self.flops is not None:
+            step_flops = self.flops.step_flops(reduced["frames"], reduced["tokens"], reduced["seq_sq"])
+            metrics["flops"] = step_flops
+            metrics["mfu"] = step_flops / dt / (self.peak * self.dist.world_size)
+        return metrics
+
+
+def _stop_agreed(stop: StopRequest, dev: torch.device) -> bool:
+    return all_reduce_max(1.0 if stop.requested else 0.0, dev) > 0
+
+
+def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
+    """Run one stage end to end; see the module docstring."""
+    from train import build, export
+    from train.engine import build_engine, deepspeed_config, device, init_distributed, read_dist_env
+    from train.logging_utils import flop_model_for, resolve_wandb_mode
+    from train.optim import build_optimizer, build_schedule, param_groups
+
+    dist = read_dist_env()
+    model_cfg, tokenizer = build.check_run(run)  # all config errors surface here, before any compute
+    out_dir = Path(run.output_dir)
+    ckpt_root = out_dir / "checkpoints"
+    resume_path = ckpt.resolve_resume(run.checkpoint.resume, ckpt_root)
+    steps_total = build.total_steps(run, dist.world_size)
+
+    init_distributed(dist)
+    dev = device()
+    seed_everything(run.seed)  # identical initial weights on every rank
+    parts = build.build_train_module(run, model_cfg)
+    module = parts.train_module
+    flops = flop_model_for(module, run.stage.trainable)
+    trainable = {name: module.trainable_modules()[name] for name in run.stage.trainable}
+    groups = param_groups(trainable, run.stage.lr, run.stage.weight_decay)
+    optimizer = build_optimizer(groups, tuple(run.loop.adam_betas), run.loop.adam_eps)  # type: ignore[arg-type]
+    schedule = build_schedule(run.stage.schedule, steps_total)
+    engine = build_engine(module, optimizer, schedule, deepspeed_config(run.deepspeed, run.loop))
+    engine.train()
+
+    from data.loader import build_loader
+
+    loader = build_loader(build.data_config(run), tokenizer, parts.model_cfg, split="train",
+                          batch_size=run.loop.micro_batch_size, num_workers=run.loop.loader_workers,
+                          rank=dist.rank, world_size=dist.world_size, seed=run.seed,
+                          frames_upbound=run.stage.frames_upbound, fps_upbound=run.stage.fps_upbound,
+                          max_length=run.stage.max_length, loop=True, tasks=run.stage.data.tasks)
+    state = LoopState()
+    if resume_path is not None:
+        trainer_state, loader_state = ckpt.load_checkpoint(engine, resume_path, dist.rank)
+        state = LoopState.from_dict(trainer_state)
+        loader.load_state_dict(loader_state)
+    else:
+        seed_everything(run.seed + 1000 * dist.rank + 1)  # per-rank randomness (masking, dropout)
+
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        export.write_resolved_config(out_dir / "train_config.yaml", raw_config)
+    logger = MetricsLogger(out_dir, dist.is_main, steps_total, state.step,
+                           resolve_wandb_mode(run.logging.wandb_mode), run.logging.wandb_project,
+                           run.logging.run_name or f"{run.stage.name}-{out_dir.name}", raw_config,
+                           run.logging.every_steps, run.logging.tqdm)
+    step_loop = StepLoop(engine, dist, dev, steps_total, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
+                         getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
+                         run.logging.peak_tflops_per_device * 1e12)
+    result = LoopResult(state=state)
+
+    def save() -> None:
+        ckpt.save_checkpoint(engine, ckpt_root, state.step, state.to_dict(), loader.state_dict(), dist.rank,
+                             run.checkpoint.keep_last_k)
+
+    batches = iter(loader)
+    try:
+        with StopRequest() as stop:
+            while state.step < steps_total:
+                metrics = step_loop.one_step(batches, state, loader.skipped)
+                result.losses.append(metrics["loss"])
+                logger.log(state.step, metrics)
+                last = state.step >= steps_total
+                if _stop_agreed(stop, dev):
+                    save()
+                    result.stopped_by_signal = True
+                    break
+                if state.step % run.checkpoint.every_steps == 0 and not last:
+                    save()
+    finally:
+        logger.summary({"final_step": state.step, "nonfinite_total": state.nonfinite_total})
+        logger.close()
+    if not result.stopped_by_signal:
+        save()
+        if run.checkpoint.export:
+            export.export_stage(engine, module, tokenizer, out_dir / "export", raw_config,
+                                run.deepspeed.zero_stage, dist, extra={"step": state.step,
+                                                                      "stage": run.stage.name,
+                                                                      "trainable": run.stage.trainable})
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return result
