@@ -1,0 +1,163 @@
+"""Every fault kind is skipped and counted (no exception escapes); pickle payloads never run."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.faults import FaultCounter
+from data.loader import build_loader
+from data.shards import ShardWriter, iter_shard
+from model import build_preset, load_tokenizer
+
+
+def make_mp4(num_frames: int = 12, fps: int = 4) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as box:
+        stream = box.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return buf.getvalue()
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), 77, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Payload:
+    """Unpickling this runs code that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def conv(media: bool = True) -> list[dict[str, str]]:
+    return [{"from": "human", "value": ("<image>\n" if media else "") + "Describe."},
+            {"from": "gpt", "value": "A grey square."}]
+
+
+def rec(sid: str, **extra: Any) -> bytes:
+    return json.dumps({"id": sid, "conversations": conv("video" in extra or "image" in extra),
+                       "task": "caption", **extra}).encode()
+
+
+def raw_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A tar written member by member (ShardWriter refuses unknown keys, so faults are made by hand)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    root = tmp_path_factory.mktemp("faulty")
+    marker = root / "PWNED"
+    good_mp4 = make_mp4()
+    payload = pickle.dumps(Payload(marker))
+    good = []
+
+    def ok(i: int) -> tuple[str, bytes]:
+        good.append(f"good{i}")
+        return (f"g{i}.json", rec(f"good{i}", video=f"g{i}.mp4"))
+
+    raw_tar(root / "part-000.tar", [
+        ok(0), ("g0.mp4", good_mp4),
+        ("zero.json", rec("zero", video="zero.mp4")), ("zero.mp4", b""),
+        ("trunc.json", rec("trunc", video="trunc.mp4")), ("trunc.mp4", good_mp4[: len(good_mp4) // 2]),
+        ("junk.json", rec("junk", video="junk.mp4")), ("junk.mp4", b"<html>not a video</html>" * 20),
+        ("badjson.json", b'{"id": "badjson", "conversations": ['), ("badjson.mp4", good_mp4),
+        ("nokey.json", json.dumps({"id": "nokey", "video": "nokey.mp4"}).encode()), ("nokey.mp4", good_mp4),
+        ("nomedia.json", rec("nomedia", video="nomedia.mp4")),
+        ("badimg.json", rec("badimg", image="badimg.png")), ("badimg.png", b"\x89PNG\r\n\x1a\n garbage"),
+        ok(1), ("g1.mp4", good_mp4),
+    ])
+    raw_tar(root / "part-001.tar", [
+        ("evil.json", rec("evil", video="evil.mp4")), ("evil.mp4", good_mp4), ("evil.pyd", payload),
+        ("evil2.pickle", payload),  # a sample made only of a pickle
+        ("img.json", rec("img", image="img.png")), ("img.png", png()),
+        ("text.json", rec("text")),
+        ok(2), ("g2.mp4", good_mp4),
+    ])
+    good += ["evil", "img", "text"]
+    with ShardWriter(root / "w", 2, prefix="part") as writer:
+        for i in range(3, 7):
+            writer.write(f"g{i}", {"json": rec(f"good{i}", video=f"g{i}.mp4"), "mp4": good_mp4})
+            good.append(f"good{i}")
+    whole_path = root / "w" / "part-000000.tar"
+    with tarfile.open(whole_path) as tar:
+        cut_member = tar.getmember("g4.mp4")
+    cut = cut_member.offset_data + cut_member.size // 2  # truncated inside the second sample's video
+    (root / "part-002.tar").write_bytes(whole_path.read_bytes()[:cut])
+    good.remove("good4")
+    (root / "w" / "part-000001.tar").rename(root / "part-003.tar")
+    (root / "part-004.tar").write_bytes(b"")  # zero-byte shard
+    return root, marker, good
+
+
+EXPECTED = {"empty_media": 1, "bad_video": 2, "bad_json": 1, "missing_key": 1, "missing_media": 1,
+            "bad_image": 1, "bad_shard": 2, "unknown_key": 2, "missing_json": 1}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_fault_is_skipped_and_counted(faulty: tuple[Path, Path, list[str]], workers: int,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    root, marker, good = faulty
+    cfg = {"root": str(root), "val": [{"shards": "part-*.tar"}], "shuffle_buffer": 4}
+    loader = build_loader(cfg, load_tokenizer("tiny"), build_preset("tiny"), split="val", batch_size=2,
+                          num_workers=workers, frames_upbound=8)
+    with caplog.at_level(logging.WARNING, logger="data.faults"):
+        seen = [s for b in loader for s in b["sample_ids"]]
+    assert sorted(seen) == sorted(good)
+    assert loader.skipped == EXPECTED
+    assert not marker.exists()
+    if workers == 0:  # worker processes log in their own process
+        logged = [r.getMessage() for r in caplog.records]
+        assert len(logged) == len(EXPECTED)  # once per reason
+        assert any("bad_video" in m and "trunc" in m for m in logged)
+
+
+def test_payload_is_live_but_never_read(faulty: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    root, marker, _ = faulty
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(Payload(probe)))  # the payload kind used above really executes on unpickle
+    assert probe.exists()
+    samples = list(iter_shard(str(root / "part-001.tar")))
+    evil = next(s for s in samples if s.key == "evil")
+    assert set(evil.members) == {"json", "mp4"} and evil.ignored == ["pyd"]
+    only_pickle = next(s for s in samples if s.key == "evil2")
+    assert only_pickle.members == {} and only_pickle.ignored == ["pickle"]
+    assert not marker.exists()
+
+
+def test_fault_counter_logs_once_and_hands_out_deltas(caplog: pytest.LogCaptureFixture) -> None:
+    counter = FaultCounter()
+    with caplog.at_level(logging.WARNING, logger="data.faults"):
+        for _ in range(3):
+            counter.add("bad_video", "a.tar:k")
+        counter.add("bad_json", "a.tar:j")
+    assert counter.take_delta() == {"bad_video": 3, "bad_json": 1} and counter.take_delta() == {}
+    assert len(caplog.records) == 2
+    with pytest.raises(ValueError, match="unknown fault reason"):
+        counter.add("no_such_reason", "x")
