@@ -49,11 +49,11 @@ def part_mask(part: AttnPart) -> tuple[torch.Tensor | None, bool]:
 
 
 def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: AttnPart, scale: float,
-    layer_idx: int, recorder: Recorder | None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: AttnPart, mask_spec: tuple[torch.Tensor | None, bool],
+    scale: float, layer_idx: int, recorder: Recorder | None,
 ) -> torch.Tensor:
-    """Attention of ``q [H, nq, hd]`` over ``k/v [KVH, nk, hd]`` (GQA) under the part's mask."""
-    mask, causal = part_mask(part)
+    """Attention of ``q [H, nq, hd]`` over ``k/v [KVH, nk, hd]`` (GQA) under ``mask_spec`` (part_mask)."""
+    mask, causal = mask_spec
     if recorder is None:
         return F.scaled_dot_product_attention(
             q[None], k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
@@ -73,9 +73,11 @@ def _attend(
 
 def layer_forward(
     layer: torch.nn.Module, layer_idx: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    store: KVStore, write_start: int, parts: list[AttnPart], recorder: Recorder | None = None,
+    store: KVStore, write_start: int, parts: list[AttnPart], masks: list[tuple[torch.Tensor | None, bool]],
+    recorder: Recorder | None = None,
 ) -> torch.Tensor:
-    """One Qwen2 decoder layer over ``x [n, d]``; writes this block's K/V at ``write_start``."""
+    """One Qwen2 decoder layer over ``x [n, d]``; writes this block's K/V at ``write_start``.
+    ``masks`` holds :func:`part_mask` of each part (computed once per block)."""
     attn = layer.self_attn
     n = x.shape[0]
     hd = attn.head_dim
@@ -87,9 +89,9 @@ def layer_forward(
     store.write(layer_idx, write_start, k, v)
     del k, v
     out = q.new_empty(q.shape)
-    for part in parts:
+    for part, spec in zip(parts, masks, strict=True):
         kk, vv = store.read(layer_idx, part.keys)
-        out[:, part.rows] = _attend(q[:, part.rows], kk, vv, part, attn.scaling, layer_idx, recorder)
+        out[:, part.rows] = _attend(q[:, part.rows], kk, vv, part, spec, attn.scaling, layer_idx, recorder)
     del q
     x = x + attn.o_proj(out.transpose(0, 1).reshape(n, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
@@ -104,6 +106,7 @@ def forward_block(
     if x.dim() != 2 or x.shape[0] != positions.numel():
         raise ValueError(f"block embeddings {tuple(x.shape)} do not match {positions.numel()} positions")
     cos, sin = rope_tables(llm, positions, x)
+    masks = [part_mask(p) for p in parts]
     for i, layer in enumerate(llm.model.layers):
-        x = layer_forward(layer, i, x, cos, sin, store, write_start, parts, recorder)
+        x = layer_forward(layer, i, x, cos, sin, store, write_start, parts, masks, recorder)
     return llm.model.norm(x)
