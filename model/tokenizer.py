@@ -39,7 +39,7 @@ CHATML_TEMPLATE = (
 
 _COLOURS = ("red", "green", "blue", "yellow", "white", "black", "grey", "gray", "orange", "purple",
             "cyan", "magenta", "pink", "brown")
-_SHAPES = ("square", "circle", "triangle", "shape", "object", "frame", "pattern", "flash", "stripe",
+_SHAPES = ("square", "circle", "triangle", "cross", "shape", "shapes", "object", "frame", "pattern", "flash", "stripe",
            "checkerboard", "background")
 _VERBS = ("appear", "appears", "appeared", "leave", "leaves", "left", "move", "moves", "moving",
           "enter", "enters", "stay", "stays", "show", "shown", "shows", "visible", "see", "seen",
@@ -88,6 +88,14 @@ def _corpus_lines() -> list[str]:
               "Options:\nA. red\nB. green\nC. blue\nD. yellow",
               "Answer with the option's letter from the given choices directly.",
               "Give the start and end time in seconds.", "Describe the image briefly.",
+              "Describe what happens in the video.", "Briefly describe the video.",
+              "At 11 s the whole screen flashes cyan.", "Then a blue cross appears at 16 s and leaves at 24 s.",
+              "For one second the whole screen shows a single colour. What colour is it?",
+              "How many shapes appear in the video?", "Which shape appears first?",
+              "What shape is the red object?", "What colour is the shape in the image?",
+              "What shape is in the image?", "A yellow triangle.", "Green.", "A cross.",
+              'When does the green circle appear in the video? Answer in the form "From <start> to <end> seconds."',
+              'Give the query: "a person opens a door", when does the described content occur in the video?',
               "0123456789 .,:;?!'\"()[]{}-_/+*=%#&@"]
     return lines
 
