@@ -1,0 +1,101 @@
+"""make_shards: LLaVA annotations + media -> shards; unusable records reported, counted, summarised."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.loader import build_loader
+from data.make_shards import main
+from data.shards import iter_shard
+from model import build_preset, load_tokenizer
+
+
+def make_mp4(num_frames: int = 10, fps: int = 5) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as box:
+        stream = box.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), (20 * i) % 256, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return buf.getvalue()
+
+
+def conv() -> list[dict[str, str]]:
+    return [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Grey."}]
+
+
+@pytest.fixture()
+def media(tmp_path: Path) -> Path:
+    root = tmp_path / "media"
+    (root / "vids").mkdir(parents=True)
+    (root / "vids" / "a.mp4").write_bytes(make_mp4())
+    (root / "vids" / "b.mp4").write_bytes(make_mp4(15))
+    (root / "vids" / "junk.mp4").write_bytes(b"definitely not an mp4 file" * 8)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 9, np.uint8)).save(buf, format="PNG")
+    (root / "img.png").write_bytes(buf.getvalue())
+    return root
+
+
+def test_convert_reports_and_round_trips(tmp_path: Path, media: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ann_a = tmp_path / "a.json"
+    ann_a.write_text(json.dumps([
+        {"id": "v/1", "video": "vids/a.mp4", "conversations": conv(), "scale": 2.0},
+        {"id": "img1", "image": "img.png", "conversations": conv(), "task": "image_caption"},
+        {"id": "gone", "video": "vids/missing.mp4", "conversations": conv()},
+        {"id": "noconv", "video": "vids/a.mp4"},
+        ["not", "a", "record"],
+        {"id": "junk", "video": "vids/junk.mp4", "conversations": conv()},
+        {"id": "badscale", "video": "vids/a.mp4", "conversations": conv(), "scale": "x"},
+    ]))
+    ann_b = tmp_path / "b.jsonl"
+    ann_b.write_text(json.dumps({"id": "v2", "video": "vids/b.mp4", "conversations": conv()}) + "\n{broken\n")
+    out = tmp_path / "shards"
+    rc = main(["--annotations", f"{ann_a},{ann_b}", "--media-root", str(media), "--out", str(out),
+               "--shard-size", "2", "--task", "caption"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "3/9 records written to 2 shards" in captured.out
+    for reason, n in {"missing_media": 1, "missing_key": 1, "bad_json": 2, "bad_video": 1, "bad_record": 1}.items():
+        assert f"skipped {n} x {reason}" in captured.out
+    assert f"{ann_a}[2]: missing_media" in captured.err and f"{ann_b}[1]: bad_json" in captured.err
+    assert f"{ann_a}[5]: bad_video" in captured.err
+
+    samples = [s for shard in sorted(out.glob("shard-*.tar")) for s in iter_shard(str(shard))]
+    by_id = {json.loads(s.members["json"])["id"]: s for s in samples}
+    assert set(by_id) == {"v/1", "img1", "v2"}
+    v1 = json.loads(by_id["v/1"].members["json"])
+    assert v1["video"] == f"{by_id['v/1'].key}.mp4" and v1["scale"] == 2.0 and v1["task"] == "caption"
+    assert by_id["v/1"].members["mp4"] == (media / "vids" / "a.mp4").read_bytes()
+    assert json.loads(by_id["img1"].members["json"])["task"] == "image_caption"
+    assert by_id["img1"].members["png"] == (media / "img.png").read_bytes()
+
+    cfg = {"root": str(out), "val": [{"shards": "shard-*.tar"}]}
+    loader = build_loader(cfg, load_tokenizer("tiny"), build_preset("tiny"), split="val", batch_size=3,
+                          num_workers=0, frames_upbound=8)
+    (batch,) = list(loader)
+    assert sorted(batch["sample_ids"]) == ["img1", "v/1", "v2"] and loader.skipped == {}
+    row = batch["sample_ids"].index("v/1")
+    # 10 frames at 5 fps, 1 fps -> indices 0, 5 -> padded to 4; scale 2 doubles the times
+    assert batch["timestamps"][row] == [round(0 / 5, 1) * 2.0]
+
+
+def test_bad_annotation_file_is_a_clear_error(tmp_path: Path, media: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    rc = main(["--annotations", str(bad), "--media-root", str(media), "--out", str(tmp_path / "o")])
+    assert rc == 2 and str(bad) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--annotations", str(tmp_path / "nope.json"), "--media-root", str(media), "--out", str(tmp_path)])
