@@ -86,25 +86,12 @@ def test_load_samples_filters_and_limits(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
-def _write_shard(path: Path, samples: list[tuple[dict, bytes]]) -> None:
-    """A WebDataset-style tar: <key>.json + <key>.mp4 per sample."""
-    import io
-    import tarfile
-
-    with tarfile.open(path, "w") as tar:
-        for rec, video in samples:
-            for ext, data in (("json", json.dumps(rec).encode()), ("mp4", video)):
-                info = tarfile.TarInfo(f"{rec['id']}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny random-weight checkpoint (+ tokenizer) and a test split with mcq and grounding samples."""
-    import numpy as np
+    """A tiny random-weight checkpoint (+ tokenizer) and a data.synth test split (mcq, grounding, needle)."""
     import torch
 
+    from data.synth import main as synth_main
     from model import VideoXL2ForCausalLM, build_preset, load_tokenizer
 
     root = tmp_path_factory.mktemp("eval")
@@ -112,36 +99,26 @@ def eval_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     VideoXL2ForCausalLM(build_preset("tiny")).save_pretrained(ckpt)
     load_tokenizer("tiny").save_pretrained(ckpt)
-
     shards = root / "shards"
-    shards.mkdir()
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(6):
-        n = 24 + 4 * i  # 24..44 frames at 2 fps -> 12..22 s
-        frames = rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8)
-        write_mp4(frames, root / "v.mp4", 2.0)
-        if i % 2 == 0:
-            letter = "ABCD"[i % 4]
-            rec = {"task": "mcq", "answer": {"letter": letter},
-                   "conversations": [{"from": "human", "value": "<image>\nWhat colour is the square?\nA. red\nB. blue\n"
-                                      "C. green\nD. white\nAnswer with the option's letter."},
-                                     {"from": "gpt", "value": f"{letter}."}]}
-        else:
-            rec = {"task": "grounding", "answer": {"span": [1.0, 3.0 + i]},
-                   "conversations": [{"from": "human", "value": "<image>\nWhen does the red square appear?"},
-                                     {"from": "gpt", "value": f"From 1.0 to {3.0 + i:.1f} seconds."}]}
-        rec.update({"id": f"s{i:03d}", "video": f"s{i:03d}.mp4", "duration": n / 2.0, "fps": 2.0})
-        samples.append((rec, (root / "v.mp4").read_bytes()))
-    _write_shard(shards / "test-000000.tar", samples[:3])
-    _write_shard(shards / "test-000001.tar", samples[3:])
+    # 3 test videos of 20..32 s at 1 fps (>= 5 groups of 4 frames), shards of 4 samples
+    synth_main(["--out", str(shards), "--videos", "10", "--seed", "5", "--images", "0", "--val-frac", "0",
+                "--test-frac", "0.3", "--min-frames", "20", "--max-frames", "32", "--size", "32",
+                "--shard-size", "4", "--needle-prob", "0.7"])
     return {"ckpt": ckpt, "shards": shards, "root": root}
 
 
 def _evaluate(args: list[str], nproc: int = 1) -> None:
-    launcher = [sys.executable, "-m", "train.evaluate"] if nproc == 1 else [
-        str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "train.evaluate"]
+    """Run the evaluation: in this process (nproc=1, composed Hydra config) or under torchrun."""
+    if nproc == 1:
+        from hydra import compose, initialize_config_dir
+
+        from train.evaluate import run
+
+        with initialize_config_dir(config_dir=str(REPO / "conf" / "eval"), version_base="1.3"):
+            run(compose("evaluate", overrides=args))
+        return
+    launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "train.evaluate"]
     proc = subprocess.run(launcher + args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -245,3 +222,13 @@ def test_niah_in_process(eval_data: dict[str, Path], tmp_path: Path) -> None:
     grid = metrics["metrics"]["needle_grid"]["cells"]
     assert {(c["length"], c["depth"]): c["accuracy"] for c in grid} == cells
     assert metrics["settings"]["setting"]["name"] == "niah" and metrics["settings"]["bench"]["task"] == "needle"
+
+    # the synth test split's needle samples go through the same path (cells keyed by video duration)
+    with initialize_config_dir(config_dir=str(REPO / "conf" / "eval"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={eval_data['ckpt']}", "bench=niah", f"data={eval_data['shards']}",
+                                             f"out={tmp_path / 'synth_niah.json'}"])
+    synth = run(cfg)
+    truth = {k: r for k, r in _ground_truth(eval_data["shards"]).items() if r["task"] == "needle"}
+    assert synth["num_samples"] == len(truth) > 0
+    depths = sorted(c["depth"] for c in synth["metrics"]["needle_grid"]["cells"])
+    assert depths == sorted(round(r["answer"]["depth"], 4) for r in truth.values())
