@@ -327,6 +327,8 @@ def record_to_sample(rec: Any, path: Path, where: str, video: str, source: str) 
         options=options, prompt=prompt, duration=float(rec["duration"]) if isinstance(rec.get("duration"), (int, float)) else None,
         metadata={k: v for k, v in rec.items() if k not in ("conversations", "answer")},
     )
+    if isinstance(answer.get("type"), str):  # synth question family
+        sample.metadata.setdefault("question_type", answer["type"])
     if task == "grounding":
         span = answer.get("span")
         if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(x, (int, float)) for x in span)):

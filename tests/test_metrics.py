@@ -145,6 +145,11 @@ def test_summarize_recomputes_from_parsed() -> None:
     assert m["inference"]["pair_density"] == pytest.approx(0.75)
     m = summarize([dict(recs[0], duration=d) for d in (700, 5, 90, -1)], [0, 60, 600])
     assert list(m["by_length"]) == ["<0s", "0-60s", "60-600s", ">=600s"]
+    cats = [dict(recs[0], metadata={"question_type": ["a", "b"], "duration": "long"}),
+            dict(recs[1], metadata={"question_type": "c", "duration": 70.0})]
+    m = summarize(cats, [0])
+    assert m["by_question_type"] == {"a,b": {"score": 1.0, "n": 1}, "c": {"score": 0.0, "n": 1}}
+    assert m["by_duration"] == {"long": {"score": 1.0, "n": 1}} and "by_task_type" not in m
     grounding = [{"task": "grounding", "parsed": [0, 10], "span": [5, 10], "duration": 10}]
     assert summarize(grounding, [0])["miou"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="mix tasks"):

@@ -37,6 +37,8 @@ ANSWER_PREFIXES: tuple[str, ...] = (
     "answer:",
 )
 RECALL_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
+# metadata fields (string categories of the benchmark readers) that get their own accuracy breakdown
+CATEGORY_KEYS: tuple[str, ...] = ("question_type", "task_type", "duration")
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _SPAN_RE = re.compile(_NUM + r"\s*(?:s|sec|secs|seconds?)?\s*(?:to|-|–|and)\s*" + _NUM, re.IGNORECASE)
@@ -180,6 +182,8 @@ def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float
     Records carry ``task``, ``duration`` (s), ``stats`` and either ``parsed``/``answer``/``correct``
     (mcq, needle; needle also ``length`` and ``depth``) or ``parsed``/``span`` (grounding).
     Scores are recomputed from ``parsed`` and the ground truth, not read from ``correct``/``iou``.
+    String categories in ``metadata`` (`CATEGORY_KEYS`, e.g. VideoMME's ``duration`` short/medium/long,
+    MLVU/LVBench ``question_type``) get ``by_<key>`` breakdowns.
     """
     tasks = {r["task"] for r in records}
     if len(tasks) > 1:
@@ -200,5 +204,18 @@ def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float
     by_length = accuracy_by([bucket_label(float(r["duration"]), length_edges) for r in records], scores)
     order = [f"<{length_edges[0]:g}s"] + [bucket_label(e, length_edges) for e in length_edges]
     out["by_length"] = {k: by_length[k] for k in dict.fromkeys(order) if k in by_length}
+    for key in CATEGORY_KEYS:
+        keyed = [(_category(r, key), sc) for r, sc in zip(records, scores, strict=True)]
+        keyed = [(k, sc) for k, sc in keyed if k is not None]
+        if keyed:
+            out[f"by_{key}"] = accuracy_by([k for k, _ in keyed], [sc for _, sc in keyed])
     out["inference"] = mean_stats([r.get("stats") or {} for r in records])
     return out
+
+
+def _category(record: Mapping[str, Any], key: str) -> str | None:
+    """A string category from ``record["metadata"][key]`` (lists joined with ','); None if absent or numeric."""
+    val = (record.get("metadata") or {}).get(key)
+    if isinstance(val, (list, tuple)) and val and all(isinstance(v, str) for v in val):
+        return ",".join(val)
+    return val if isinstance(val, str) else None
