@@ -1,0 +1,1 @@
+"""Data: generated scenes, shard writing, frame sampling, the streaming loader and collation."""
