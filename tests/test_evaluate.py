@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from data.niah import build_grid, write_mp4
-from train.evaluate import load_samples
+from train.evaluate import load_samples, read_video
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,6 +83,15 @@ def test_load_samples_filters_and_limits(tmp_path: Path) -> None:
         load_samples(_cfg(data=str(ann), format="nope"), tmp_path)
     with pytest.raises(ValueError, match="video_root"):
         load_samples(_cfg(data=str(ann), format="mlvu"), tmp_path)
+
+
+def test_read_video_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        read_video(str(tmp_path / "missing.mp4"), 8, 4, 4)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(RuntimeError, match="cannot decode video .*broken.mp4"):
+        read_video(str(bad), 8, 4, 4)
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -51,15 +51,16 @@ def load_samples(cfg: Any, work_dir: Path) -> list[EvalSample]:
     fmt = str(cfg.format)
     if fmt == "synth":
         samples = read_synth_shards(cfg.data, work_dir / "videos", split=str(cfg.split))
-    elif fmt == "charades":
-        durations = read_charades_durations(cfg.durations) if cfg.durations else None
-        samples = READERS["charades"](cfg.data, cfg.video_root or ".", durations)
     elif fmt == "records":
         samples = READERS["records"](cfg.data, cfg.video_root)
     elif fmt in READERS:
         if not cfg.video_root:
             raise ValueError(f"format={fmt} needs video_root=<folder of the videos>")
-        samples = READERS[fmt](cfg.data, cfg.video_root)
+        if fmt == "charades":
+            durations = read_charades_durations(cfg.durations) if cfg.durations else None
+            samples = READERS[fmt](cfg.data, cfg.video_root, durations)
+        else:
+            samples = READERS[fmt](cfg.data, cfg.video_root)
     else:
         raise ValueError(f"unknown format {fmt!r} (synth | {' | '.join(READERS)})")
     task = BENCH_TASKS[str(cfg.bench.task)]
