@@ -10,6 +10,7 @@ generation prompt are exactly the prefix of the ids used in training.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -162,7 +163,7 @@ def _validate_visual(timestamps: Sequence[float] | None, num_groups: int, tokens
     if len(timestamps) != num_groups:
         raise ValueError(f"timestamps: has {len(timestamps)} entries but num_groups is {num_groups}")
     for i, t in enumerate(timestamps):
-        if not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
             raise ValueError(f"timestamps[{i}]: must be a finite number >= 0, got {t!r}")
 
 

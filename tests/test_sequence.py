@@ -6,6 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,8 @@ def test_timestamps_round_trip_from_frame_times(tok) -> None:
         assert float(match.group(1)) == pytest.approx(round(t, 1))
     assert format_timestamp(12.25) == "Time 12.2s:" or format_timestamp(12.25) == "Time 12.3s:"
     assert format_timestamp(3) == "Time 3.0s:"
+    np_ts = build_sequence(tok, _conv(), list(np.asarray(group_ts, dtype=np.float32)), len(group_ts), 3)
+    assert torch.equal(np_ts.input_ids, built.input_ids)
 
 
 def test_layout_of_kinds_and_groups(tok) -> None:
@@ -229,6 +232,8 @@ def test_generation_truncation_drops_trailing_groups(tok) -> None:
         ({"conversations": []}, "conversations"),
         ({"timestamps": [0.0]}, "timestamps"),
         ({"timestamps": [0.0, float("nan")]}, r"timestamps\[1\]"),
+        ({"timestamps": [-1.0, 2.0]}, r"timestamps\[0\]"),
+        ({"timestamps": [0.0, "4"]}, r"timestamps\[1\]"),
         ({"tokens_per_group": 0}, "tokens_per_group"),
         ({"num_groups": -1, "timestamps": None}, "num_groups"),
         ({"max_length": 0}, "max_length"),
@@ -248,3 +253,17 @@ def test_tag_without_groups_is_rejected() -> None:
         build_sequence(tok, _conv(), None, 0, 3)
     with pytest.raises(ValueError, match="frames_per_group"):
         timestamps_for_groups([0.0, 1.0], 0)
+
+
+def test_tokenizer_without_vision_pad_is_rejected(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    for extra in ("<|im_start|>", "<|im_end|>"):
+        vocab[extra] = len(vocab)
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    with pytest.raises(ValueError, match="tokenizer: lacks the vision pad"):
+        build_sequence(tok, _conv(), [0.0], 1, 2)
