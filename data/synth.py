@@ -62,7 +62,7 @@ class SynthConfig:
         """Raise ValueError naming the first bad field."""
         checks = [
             ("videos", self.videos >= 0), ("images", self.images is None or self.images >= 0),
-            ("size", self.size >= 16), ("fps", self.fps >= 1), ("quantum", self.quantum >= 1),
+            ("size", self.size >= 16 and self.size % 2 == 0), ("fps", self.fps >= 1), ("quantum", self.quantum >= 1),
             ("min_frames", self.min_frames >= 1), ("max_frames", self.max_frames >= self.min_frames),
             ("val_frac", 0.0 <= self.val_frac < 1.0), ("test_frac", 0.0 <= self.test_frac < 1.0),
             ("val_frac + test_frac", self.val_frac + self.test_frac < 1.0 or self.videos == 0),

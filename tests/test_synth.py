@@ -251,7 +251,7 @@ def test_sequences_build_for_every_sample(dataset: tuple[Path, SynthConfig, dict
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"videos": -1}, "videos"), ({"fps": 0}, "fps"), ({"min_frames": 30, "max_frames": 20}, "max_frames"),
+    [({"videos": -1}, "videos"), ({"fps": 0}, "fps"), ({"size": 63}, "size"), ({"min_frames": 30, "max_frames": 20}, "max_frames"),
      ({"val_frac": 0.6, "test_frac": 0.5}, "val_frac"), ({"tasks": ("dance",)}, "tasks"),
      ({"min_frames": 5, "max_frames": 7}, "min_frames"), ({"needle_prob": 2.0}, "needle_prob")],
 )
