@@ -62,6 +62,7 @@ def data_config(run: RunConfig) -> dict[str, Any]:
 def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | None]:
     """Every check that needs no compute: config rules, model config, tokenizer, data paths,
     init_from. Returns (model_config, tokenizer or None)."""
+    validate_run_config(run)  # pure field rules first
     if check_paths and run.stage.init_from is not None:
         if not (Path(run.stage.init_from) / "config.json").is_file():
             raise ConfigError("stage.init_from", f"{run.stage.init_from!r} holds no exported model (config.json)")

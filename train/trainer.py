@@ -99,6 +99,7 @@ class StepLoop:
                  skipped: dict[str, int]) -> dict[str, float]:
         """Run micro-batches until one optimizer step is taken; return its metrics."""
         t0 = time.perf_counter()
+        lrs = self._group_lrs()  # the rates this step applies
         done = 0
         loss_sum = 0.0
         local = {"samples": 0.0, "tokens": 0.0, "visual_tokens": 0.0, "frames": 0.0, "seq_sq": 0.0}
@@ -146,7 +147,7 @@ class StepLoop:
         gnorm = self.engine.get_global_grad_norm()
         if gnorm is not None:
             metrics["grad_norm"] = float(gnorm)
-        metrics.update(self._group_lrs())
+        metrics.update(lrs)
         for reason, count in zip(skipped.keys(), skipped_total, strict=True):
             metrics[f"skipped/{reason}"] = count
         if self.flops is not None:

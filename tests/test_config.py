@@ -1,0 +1,131 @@
+"""Every shipped config composes and validates; bad configs fail naming the field, before compute."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from train.build import check_run
+from train.config import ConfigError, parse_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    return raw
+
+
+def test_groups_present() -> None:
+    assert names("stage") == ["align", "dts", "long", "sft"]
+    assert {"zero2", "zero3"} <= set(names("deepspeed"))
+
+
+@pytest.mark.parametrize("model", names("model"))
+@pytest.mark.parametrize("stage", names("stage"))
+@pytest.mark.parametrize("ds", names("deepspeed"))
+def test_every_config_composes_and_validates(model: str, stage: str, ds: str) -> None:
+    for data in names("data"):
+        raw = composed([f"model={model}", f"stage={stage}", f"deepspeed={ds}", f"data={data}"])
+        run = parse_run_config(raw)
+        assert run.stage.name == stage
+        check_run(run, check_paths=False)
+        if model == "tiny":
+            for preset in run.stage.presets:
+                check_run(parse_run_config({**raw, "preset": preset}), check_paths=False)
+
+
+def test_stage_recipes_declare_the_mission_order() -> None:
+    runs = {s: parse_run_config(composed([f"stage={s}"])).stage for s in ("dts", "align", "sft", "long")}
+    assert runs["dts"].loss == "dts_reconstruction" and "dts_decoder" in runs["dts"].trainable
+    assert runs["dts"].init_from is None
+    assert runs["align"].trainable == ["projector"]
+    assert set(runs["sft"].trainable) == set(runs["long"].trainable) == {"vision_tower", "dts", "projector", "llm"}
+    assert runs["sft"].weight_decay == 0.0 and runs["sft"].schedule.warmup_ratio == pytest.approx(0.03)
+    assert runs["long"].frames_upbound <= 150 and runs["long"].fps_upbound == 4
+    for prev, nxt in (("dts", "align"), ("align", "sft"), ("sft", "long")):
+        assert runs[nxt].init_from is not None and runs[nxt].init_from.endswith(f"{prev}/export")
+
+
+BAD = [
+    (["stage.name=pretrain"], "stage.name"),
+    (["stage=align", "stage.trainable=[projector,mlp]"], "stage.trainable[1]"),
+    (["stage=sft", "~stage.lr.llm"], "stage.lr.llm"),
+    (["stage=align", "stage.loss=contrastive"], "stage.loss"),
+    (["stage=sft", "stage.max_length=64", "stage.frames_upbound=64"], "stage.frames_upbound"),
+    (["deepspeed.precision=fp16"], "deepspeed.precision"),
+    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
+    (["+loop.learning_rate=1"], "loop.learning_rate"),
+    (["loop.grad_accum=0"], "loop.grad_accum"),
+    (["stage.schedule.name=linear_decay"], "stage.schedule.name"),
+    (["checkpoint.keep_last_k=0"], "checkpoint.keep_last_k"),
+    (["preset=huge"], "preset"),
+    (["loop.micro_batch_size=two"], "loop.micro_batch_size"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), BAD, ids=[b[1] for b in BAD])
+def test_bad_config_names_field(overrides: list[str], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        run = parse_run_config(composed(["model=tiny", *overrides]))
+        check_run(run, check_paths=False)
+    assert err.value.field == field
+    assert str(err.value).startswith(field)
+
+
+def test_frames_bound_follows_model_tokens() -> None:
+    """A bound that fits passes; the same bound fails once max_length is below its group count."""
+    run = parse_run_config(composed(["model=tiny", "stage=sft", "stage.frames_upbound=8"]))
+    check_run(run, check_paths=False)
+    from model import build_preset
+
+    tiny = build_preset("tiny")
+    groups = 8 // tiny.frames_per_group
+    tight = groups * tiny.tokens_per_group  # no room left for the timestamp tokens
+    run = parse_run_config(composed(["model=tiny", "stage=sft", "stage.frames_upbound=8",
+                                     f"stage.max_length={tight}"]))
+    with pytest.raises(ConfigError, match=r"^stage\.frames_upbound"):
+        check_run(run, check_paths=False)
+
+
+def test_missing_paths_name_field(tmp_path: Path) -> None:
+    run = parse_run_config(composed(["model=tiny", "stage=sft", f"data.root={tmp_path / 'nothing'}",
+                                     "stage.init_from=null"]))
+    with pytest.raises(ConfigError) as err:
+        check_run(run, check_paths=True)
+    assert err.value.field == "data.train[0].shards"
+    run = parse_run_config(composed(["model=tiny", "stage=align", f"stage.init_from={tmp_path / 'none'}"]))
+    with pytest.raises(ConfigError) as err:
+        check_run(run, check_paths=True)
+    assert err.value.field == "stage.init_from"
+
+
+def test_cli_rejects_bad_config_before_compute(tmp_path: Path) -> None:
+    """`python -m train` exits non-zero naming the field, without creating outputs or a process group."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+           "HYDRA_FULL_ERROR": "1"}
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "train", "model=tiny", "stage=align",
+                           "stage.trainable=[projector,decoder]", f"output_root={out}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "stage.trainable[1]" in proc.stderr
+    assert "init_distributed" not in proc.stderr and "shm_comm" not in proc.stderr + proc.stdout
+    assert not out.exists()
+    assert time.monotonic() - t0 < 120

@@ -1,0 +1,249 @@
+"""Trainer mechanics in one process: schedule, param groups, step loop (non-finite handling),
+checkpoint discovery/atomicity/RNG, signals, semantic-guided masking, FLOP model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from train import checkpoint as ckpt
+from train.config import MaskingConfig, ScheduleConfig
+from train.engine import DistEnv, read_dist_env
+from train.logging_utils import FlopModel
+from train.objectives import TrainModule, normalise_tokens, semantic_guided_mask
+from train.optim import build_schedule, param_groups, set_trainable
+from train.signals import StopRequest
+from train.trainer import LoopState, NonFiniteLossError, StepLoop
+
+
+def test_schedule_warmup_then_cosine() -> None:
+    fn = build_schedule(ScheduleConfig(name="cosine", warmup_ratio=0.1, min_lr_ratio=0.2), 100)
+    values = [fn(s) for s in range(100)]
+    assert fn.warmup_steps == 10
+    assert all(a < b for a, b in zip(values[:9], values[1:10], strict=True))  # rising warmup
+    assert values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))  # decaying
+    assert fn(100) == pytest.approx(0.2) and values[-1] > 0.2
+    const = build_schedule(ScheduleConfig(name="constant", warmup_ratio=0.0), 10)
+    assert [const(s) for s in range(10)] == [1.0] * 10
+
+
+class Two(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.b = nn.Linear(4, 1)
+
+
+def test_param_groups_exclude_frozen_and_carry_lrs() -> None:
+    m = Two()
+    mods = {"a": m.a, "b": m.b}
+    counts = set_trainable(mods, ["b"])
+    assert counts == {"b": 5}
+    assert not any(p.requires_grad for p in m.a.parameters())
+    groups = param_groups({"b": m.b}, {"b": 0.5}, weight_decay=0.1)
+    ids = {id(p) for g in groups for p in g["params"]}
+    assert ids == {id(p) for p in m.b.parameters()}
+    assert {g["lr"] for g in groups} == {0.5}
+    assert {g["name"]: g["weight_decay"] for g in groups} == {"b/decay": 0.1, "b/no_decay": 0.0}
+    with pytest.raises(ValueError, match="stage.trainable"):
+        set_trainable(mods, ["c"])
+
+
+class PlainEngine:
+    """The engine surface StepLoop uses, over a plain module + AdamW (single process)."""
+
+    def __init__(self, module: nn.Module, lr: float = 0.05) -> None:
+        self.module = module
+        self.optimizer = torch.optim.AdamW([{"params": list(module.parameters()), "lr": lr, "name": "m/decay"}])
+        self.steps = 0
+
+    def __call__(self, **batch: torch.Tensor) -> torch.Tensor:
+        return self.module(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.steps += 1
+
+    def get_global_grad_norm(self) -> float:
+        return 0.0
+
+
+class Regress(nn.Module):
+    """Loss = mean squared error of a linear map; a batch flagged `labels[0,0] < 0` yields NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Linear(3, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.flatten(1)[:, :3]
+        loss = (self.w(x).squeeze(-1) - 1.0).pow(2).mean()
+        return loss * float("nan") if labels[0, 0] < 0 else loss
+
+
+def batches(flags: list[bool]) -> list[dict[str, torch.Tensor]]:
+    out = []
+    g = torch.Generator().manual_seed(0)
+    for bad in flags:
+        out.append({"input_ids": torch.full((2, 5), 7), "attention_mask": torch.ones(2, 5, dtype=torch.long),
+                    "labels": torch.full((2, 5), -1 if bad else 1),
+                    "pixel_values": torch.randn(2, 3, 1, 1, generator=g)})
+    return out
+
+
+def make_loop(engine: PlainEngine, accum: int, max_bad: int) -> StepLoop:
+    return StepLoop(engine, DistEnv(0, 1, 0), torch.device("cpu"), total_steps=10, grad_accum=accum,
+                    max_consecutive_nonfinite=max_bad, vision_pad_token_id=7, flops=None,
+                    peak_flops_per_device=1.0)
+
+
+def test_nonfinite_micro_batches_are_skipped_and_counted() -> None:
+    engine = PlainEngine(Regress())
+    loop = make_loop(engine, accum=2, max_bad=3)
+    it = iter(batches([False, True, True, False, False, False]))
+    state = LoopState()
+    before = engine.module.w.weight.detach().clone()
+    m1 = loop.one_step(it, state, {"bad_json": 2})
+    assert engine.steps == 2 and state.step == 1  # the 2 NaN batches took no optimizer step
+    assert state.nonfinite_total == 2 and m1["nonfinite_total"] == 2 and state.micro_batches == 4
+    assert math.isfinite(m1["loss"]) and m1["skipped/bad_json"] == 2
+    assert m1["visual_tokens_per_sample"] == 5 and m1["samples_per_s"] > 0
+    assert not torch.equal(before, engine.module.w.weight)
+    assert torch.isfinite(engine.module.w.weight).all()
+
+
+def test_consecutive_nonfinite_stops_with_clear_error() -> None:
+    loop = make_loop(PlainEngine(Regress()), accum=1, max_bad=3)
+    with pytest.raises(NonFiniteLossError, match="max_consecutive_nonfinite=3"):
+        loop.one_step(iter(batches([True, True, True, False])), LoopState(), {})
+    loop = make_loop(PlainEngine(Regress()), accum=1, max_bad=3)
+    state = LoopState()
+    it = iter(batches([True, True, False, True, True, False]))
+    loop.one_step(it, state, {})
+    loop.one_step(it, state, {})  # the run of NaNs was broken by a finite batch
+    assert state.step == 2 and state.nonfinite_total == 4
+
+
+def test_rng_state_round_trip() -> None:
+    meta, tensors = ckpt.rng_state()
+    json.dumps(meta)
+    expect = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    ckpt.set_rng_state(json.loads(json.dumps(meta)), tensors)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expect
+
+
+def test_resume_discovery_ignores_incomplete(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    assert ckpt.resolve_resume("auto", root) is None
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = root / ckpt.step_dir_name(step)
+        d.mkdir(parents=True)
+        if complete:
+            (d / ckpt.COMPLETE).write_text("ok")
+    (root / ".tmp-step-00000008").mkdir()
+    assert ckpt.resolve_resume("auto", root) == root / ckpt.step_dir_name(4)
+    assert ckpt.resolve_resume(None, root) is None
+    assert [p.name for p in ckpt.list_complete(root)] == ["step-00000002", "step-00000004"]
+    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
+        ckpt.resolve_resume(str(root / ckpt.step_dir_name(6)), root)
+
+
+class FakeSaver:
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def save_checkpoint(self, path: str, tag: str) -> None:
+        (Path(path) / tag).mkdir()
+        (Path(path) / tag / "state.bin").write_bytes(b"x")
+        if self.fail:
+            raise OSError("disk full")
+
+
+def test_save_is_atomic_and_prunes(tmp_path: Path) -> None:
+    root = tmp_path / "ck"
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(FakeSaver(False), root, step, {"a": step}, {"pos": step}, rank=0, keep_last_k=2)
+    assert [p.name for p in ckpt.list_complete(root)] == ["step-00000002", "step-00000003"]
+    assert json.loads((root / "step-00000003" / "trainer_state.json").read_text())["step"] == 3
+    assert json.loads((root / "step-00000003" / "rank00000.json").read_text())["loader"] == {"pos": 3}
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(FakeSaver(True), root, 4, {}, {}, rank=0, keep_last_k=2)
+    assert ckpt.resolve_resume("auto", root) == root / "step-00000003"  # the failed save is invisible
+
+
+def test_stop_request_catches_sigterm() -> None:
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_dist_env_from_launchers() -> None:
+    assert read_dist_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == DistEnv(3, 8, 1)
+    assert read_dist_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "SLURM_LOCALID": "2"}) == DistEnv(5, 6, 2)
+    assert read_dist_env({}) == DistEnv(0, 1, 0)
+
+
+def test_semantic_guided_mask_mixes_saliency_and_random() -> None:
+    torch.manual_seed(0)
+    tokens = torch.randn(3, 4, 36, 8) * 0.1
+    tokens[:, :, 5] += 10.0  # two clearly salient tokens per frame
+    tokens[:, :, 17] -= 10.0
+    mask = semantic_guided_mask(tokens, mask_ratio=0.5, semantic_fraction=0.25)
+    assert mask.shape == (3, 4, 36) and (mask.sum(-1) == 18).all()
+    assert mask[..., 5].all() and mask[..., 17].all()
+    torch.manual_seed(1)
+    other = semantic_guided_mask(tokens, mask_ratio=0.5, semantic_fraction=0.25)
+    assert not torch.equal(mask, other)  # the random share differs with the seed
+    assert other[..., 5].all() and other[..., 17].all()
+    norm = normalise_tokens(tokens)
+    assert torch.allclose(norm.mean(-1), torch.zeros(3, 4, 36), atol=1e-4)
+
+
+def test_dts_objective_trains_only_declared_modules() -> None:
+    from model import VideoXL2ForCausalLM, build_preset
+
+    torch.manual_seed(0)
+    module = TrainModule(VideoXL2ForCausalLM(build_preset("tiny")), "dts_reconstruction",
+                         MaskingConfig(decoder_dim=32, decoder_heads=2))
+    set_trainable(module.trainable_modules(), ["dts", "dts_decoder"])
+    cfg = module.model.config
+    pix = torch.randn(8, 3, cfg.image_size, cfg.image_size)
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    loss = module(ids, ids, ids, pix)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    grads = {n: any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+             for n, m in module.trainable_modules().items()}
+    assert grads == {"vision_tower": False, "dts": True, "projector": False, "llm": False, "dts_decoder": True}
+    empty = module(ids, ids, ids, pix[:0])
+    assert float(empty.detach()) == 0.0
+    assert not any(k.startswith("dts_decoder") for k in module.model.state_dict())
+
+
+def test_flop_model_factors() -> None:
+    fm = FlopModel(params={"vision_tower": 0, "dts": 0, "projector": 0, "llm": 1000}, trainable={"llm"},
+                   patches_per_frame=4, vision_layers=1, vision_hidden=1, grid_tokens=4, frames_per_group=4,
+                   llm_layers=2, llm_hidden=8)
+    text = fm.step_flops(frames=0, tokens=10, seq_sq_sum=100)
+    assert text == pytest.approx(6 * 1000 * 10 + 3 * 2 * 2 * 8 * 100)
+    frozen_llm = FlopModel(**{**fm.__dict__, "trainable": {"projector"}})
+    assert frozen_llm.step_flops(0, 10, 100) == pytest.approx(text * 2 / 3)  # activation grads only
+    none = FlopModel(**{**fm.__dict__, "trainable": set()})
+    assert none.step_flops(0, 10, 100) == pytest.approx(text / 3)
