@@ -158,11 +158,11 @@ def decode_sample(raw: RawSample, opts: SampleOptions) -> DecodedSample | None:
     if frames is None or kept == 0:
         pixels = torch.zeros((0, 3, opts.image_size, opts.image_size), dtype=torch.float32)
     else:
-        if video is not None:
-            uint8 = video.read(frames.indices[:kept])
+        if video is not None:  # preprocess each distinct frame once, then expand the padding repeats
+            uint8, inverse = video.read_unique(frames.indices[:kept])
         else:
             assert image is not None
-            uint8 = np.repeat(image[None], kept, axis=0)
-        pixels = preprocess_frames(uint8, opts.image_size, opts.mean, opts.std)
+            uint8, inverse = image[None], np.zeros(kept, dtype=np.int64)
+        pixels = preprocess_frames(uint8, opts.image_size, opts.mean, opts.std)[torch.from_numpy(inverse)]
     return DecodedSample(sample_id=str(rec["id"]), task=task, input_ids=built.input_ids, labels=built.labels,
                          pixel_values=pixels, timestamps=list(group_ts[:built.num_groups]) if group_ts else [])

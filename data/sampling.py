@@ -106,8 +106,9 @@ class VideoBytes:
         if self.num_frames <= 0 or not self.avg_fps > 0:
             raise SampleFault(BAD_VIDEO, f"{where}: video has {self.num_frames} frames at {self.avg_fps} fps")
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 frames [len(indices), H, W, 3]; each distinct index is decoded once."""
+    def read_unique(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Decode each distinct index once: (uint8 frames [U, H, W, 3] in index order, ``inverse``)
+        with ``frames[inverse]`` being the frames of ``indices`` (padding repeats cost nothing)."""
         unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
         try:
             frames = self._reader.get_batch(unique.tolist()).asnumpy()
@@ -115,7 +116,12 @@ class VideoBytes:
             raise SampleFault(BAD_VIDEO, f"{self.where}: cannot decode frames ({str(exc)[:200]})") from exc
         if frames.shape[0] != unique.shape[0] or frames.ndim != 4 or frames.shape[-1] != 3:
             raise SampleFault(BAD_VIDEO, f"{self.where}: decoder returned frames of shape {frames.shape}")
-        return frames[inverse.reshape(-1)]
+        return frames, inverse.reshape(-1)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 frames [len(indices), H, W, 3]; each distinct index is decoded once."""
+        frames, inverse = self.read_unique(indices)
+        return frames[inverse]
 
 
 def read_image(data: bytes, where: str) -> np.ndarray:
@@ -124,6 +130,6 @@ def read_image(data: bytes, where: str) -> np.ndarray:
         raise SampleFault(EMPTY_MEDIA, f"{where}: zero-byte image")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return np.array(img.convert("RGB"), dtype=np.uint8)  # writable copy
     except IMAGE_ERRORS as exc:
         raise SampleFault(BAD_IMAGE, f"{where}: cannot decode image ({str(exc)[:200]})") from exc
