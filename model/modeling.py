@@ -194,12 +194,14 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
         return inputs
 
 
-    def generate(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None, **kwargs):
-        """With `pixel_values`, forwards to `model.inference.generate_video`; otherwise plain text generation."""
-        if pixel_values is not None and pixel_values.numel() > 0:
+    def generate(self, input_ids: torch.Tensor | None = None, pixel_values=None, **kwargs):
+        """With frames (`pixel_values` tensor or frame callable) or a `layout`, forwards to
+        `model.inference.generate_video` (returns its GenerationResult); otherwise plain text generation."""
+        no_frames = pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.numel() == 0)
+        if not no_frames or "layout" in kwargs:
             from .inference import generate_video
 
-            return generate_video(self, input_ids, pixel_values, **kwargs)
+            return generate_video(self, input_ids, None if no_frames else pixel_values, **kwargs)
         if input_ids is not None:
             kwargs["inputs"] = input_ids
         return super().generate(**kwargs)

@@ -382,3 +382,25 @@ def test_end_to_end_with_tokenizer_and_sequence_builder(tiny_cfg: VideoXL2Config
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_generate_with_frames_forwards_to_video_generation(tiny_cfg: VideoXL2Config) -> None:
+    """`generate(..., pixel_values=, layout=)` runs the video generator; dense full decoding equals greedy forward."""
+    from model import load_tokenizer
+    from model.sequence import build_sequence
+
+    tokenizer = load_tokenizer(tiny_cfg.tokenizer)
+    conversation = [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "x"}]
+    built = build_sequence(tokenizer, conversation, timestamps=[0.0, 4.0], num_groups=2,
+                           tokens_per_group=tiny_cfg.tokens_per_group, for_generation=True)
+    torch.manual_seed(0)
+    model = VideoXL2ForCausalLM(tiny_cfg).eval()
+    pixel_values = torch.rand(8, 3, tiny_cfg.image_size, tiny_cfg.image_size) * 2 - 1
+    result = model.generate(built.input_ids, pixel_values=pixel_values, layout=built, prefill="full",
+                            decode="full", max_new_tokens=3, eos_token_id=None)
+    seq = built.input_ids[None]
+    with torch.no_grad():
+        for _ in range(3):
+            nxt = model(input_ids=seq, pixel_values=pixel_values).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert [int(t) for t in result.token_ids] == seq[0, built.input_ids.numel():].tolist()
