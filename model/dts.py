@@ -10,10 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
-class AttnBlock3D(nn.Module):
-    """Single-head spatial self-attention over the H*W positions of each time slice, with residual."""
+class AttnBlock3D(GradientCheckpointingLayer):
+    """Single-head spatial self-attention over the H*W positions of each time slice, with residual.
+
+    Recomputed in backward when the model's gradient checkpointing is on (as is TemporalAttention).
+    """
 
     def __init__(self, channels: int, groups: int, eps: float) -> None:
         super().__init__()
@@ -50,7 +54,7 @@ class RelativePositionTable(nn.Module):
         return self.embeddings_table[index]
 
 
-class TemporalAttention(nn.Module):
+class TemporalAttention(GradientCheckpointingLayer):
     """Single-head attention over time at each spatial location, with relative-position keys and values.
 
     Logits: (q_i . k_j + q_i . aK) / sqrt(C), outputs: sum_j p_ij (v_j + aV[j - i]). The faithful form

@@ -309,6 +309,7 @@ def test_gradient_checkpointing_reaches_llm_and_vision(tiny: VideoXL2ForCausalLM
         tiny.gradient_checkpointing_enable()
     assert all(layer.gradient_checkpointing for layer in tiny.llm.model.layers)
     assert all(layer.gradient_checkpointing for layer in tiny.vision_tower.encoder.layers)
+    assert all(tiny.dts.encoder[i].gradient_checkpointing for i in (0, 1, 3, 4))
     tiny(**batch).loss.backward()
     for name, param in tiny.named_parameters():
         torch.testing.assert_close(param.grad, ref[name], rtol=1e-4, atol=1e-6, msg=name)
