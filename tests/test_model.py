@@ -110,6 +110,16 @@ def test_overrides_and_unknown_keys() -> None:
         build_preset("not_a_preset")
 
 
+def test_preset_from_yaml_path(tmp_path) -> None:
+    raw = OmegaConf.load(preset_dir() / "tiny.yaml")
+    raw.text_config.num_hidden_layers = 1
+    raw.tokenizer = "/some/qwen/dir"
+    path = tmp_path / "mine.yaml"
+    OmegaConf.save(raw, path)
+    cfg = build_preset(path)
+    assert cfg.text_config.num_hidden_layers == 1 and cfg.tokenizer == "/some/qwen/dir"
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
