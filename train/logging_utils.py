@@ -147,6 +147,15 @@ class MetricsLogger:
                 f"vis/samp {m.get('visual_tokens_per_sample', 0):.0f} nonfinite {int(m.get('nonfinite_total', 0))} "
                 f"mfu {m.get('mfu', 0) * 100:.3f}% skipped[{skipped}]")
 
+    def event(self, name: str, step: int, **fields: Any) -> None:
+        """A non-metric record in the JSONL file (e.g. resume, signal stop); has no `loss` key."""
+        if not self.is_main or self._file is None:
+            return
+        self._file.write(json.dumps({"event": name, "step": step, "time": time.time(), **fields}) + "\n")
+        self._file.flush()
+        if self._bar is not None:
+            self._bar.write(f"[{name}] step {step} {fields}", file=sys.stderr)
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.is_main and self._wandb is not None:
             for k, v in values.items():

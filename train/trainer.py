@@ -214,6 +214,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
                          run.logging.peak_tflops_per_device * 1e12)
     result = LoopResult(state=state)
+    if resume_path is not None:
+        logger.event("resume", state.step, checkpoint=str(resume_path))
 
     def save() -> None:
         ckpt.save_checkpoint(engine, ckpt_root, state.step, state.to_dict(), loader.state_dict(), dist.rank,
@@ -229,6 +231,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                 last = state.step >= steps_total
                 if _stop_agreed(stop, dev):
                     save()
+                    logger.event("signal_stop", state.step, signal=stop.signum)
                     result.stopped_by_signal = True
                     break
                 if state.step % run.checkpoint.every_steps == 0 and not last:
