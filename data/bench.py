@@ -15,7 +15,9 @@ keeps a busy shared machine's noise out of the ratio.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ class BenchResult:
     steady_samples: int
     raw_s: float
     raw_steady_s: float
+    loader_cpu_s: float  # CPU seconds of the main process and all loader workers
+    raw_cpu_s: float
 
     def lines(self) -> list[str]:
         return [
@@ -47,6 +51,8 @@ class BenchResult:
             f"-> {self.frames / self.raw_s:.1f} frames/s",
             f"ratio loader/raw: {self.loader_s / self.raw_s:.3f} (incl. start-up), "
             f"steady {self.loader_steady_s / max(self.raw_steady_s, 1e-9):.3f} (after the first batch)",
+            f"cpu: loader {self.loader_cpu_s:.3f} s (all processes), raw {self.raw_cpu_s:.3f} s, "
+            f"ratio {self.loader_cpu_s / max(self.raw_cpu_s, 1e-9):.3f}",
         ]
 
 
@@ -90,20 +96,27 @@ def run_bench(shards_glob: str, workers: int, batches: int, batch_size: int, fra
                           batch_size=batch_size, num_workers=workers, frames_upbound=frames_upbound,
                           fps_upbound=fps_upbound, max_length=None, loop=True)
     consumed: list[list[tuple[str, int]]] = []
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     t_first = t0
-    for batch in loader:
+    stream = iter(loader)
+    for batch in stream:
         consumed.append(list(zip(batch["sample_ids"], batch["frame_counts"].tolist(), strict=True)))
         if len(consumed) == 1:
             t_first = time.perf_counter()
         if len(consumed) == batches:
             break
     t_end = time.perf_counter()
+    stream.close()  # shuts the workers down so that their CPU time is accounted to this process
+    del stream
+    gc.collect()
+    loader_cpu = _cpu_seconds() - cpu0
     if len(consumed) < batches:
         raise RuntimeError(f"loader stopped after {len(consumed)} batches (skipped: {loader.skipped})")
     index = _raw_index(sorted({s for src in loader.plan.sources for s in src.shards}))
     per_batch: list[float] = []
     frames = 0
+    raw_cpu0 = time.process_time()
     for items in consumed:
         tb = time.perf_counter()
         for sid, count in items:
@@ -112,10 +125,18 @@ def run_bench(shards_glob: str, workers: int, batches: int, batch_size: int, fra
                 raise RuntimeError(f"sample {sid}: loader had {count} frames, raw decode {got}")
             frames += count
         per_batch.append(time.perf_counter() - tb)
+    raw_cpu = time.process_time() - raw_cpu0
     return BenchResult(batches=batches, samples=sum(len(b) for b in consumed), frames=frames,
                        loader_s=t_end - t0, loader_steady_s=t_end - t_first,
                        steady_samples=sum(len(b) for b in consumed[1:]), raw_s=sum(per_batch),
-                       raw_steady_s=sum(per_batch[1:]))
+                       raw_steady_s=sum(per_batch[1:]), loader_cpu_s=loader_cpu, raw_cpu_s=raw_cpu)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its waited-for children (finished loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def best_of(results: Sequence[BenchResult]) -> BenchResult:
@@ -125,7 +146,8 @@ def best_of(results: Sequence[BenchResult]) -> BenchResult:
     return BenchResult(batches=fast_loader.batches, samples=fast_loader.samples, frames=fast_loader.frames,
                        loader_s=fast_loader.loader_s, loader_steady_s=min(r.loader_steady_s for r in results),
                        steady_samples=fast_loader.steady_samples, raw_s=fast_raw.raw_s,
-                       raw_steady_s=min(r.raw_steady_s for r in results))
+                       raw_steady_s=min(r.raw_steady_s for r in results),
+                       loader_cpu_s=min(r.loader_cpu_s for r in results), raw_cpu_s=min(r.raw_cpu_s for r in results))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
