@@ -21,9 +21,9 @@ rebuilds each stream and fast-forwards ``pos`` raw samples without decoding them
 worker roles so the next batch comes from the right worker.
 
 Fault counts: each batch (and a final per-worker end marker) carries the worker's count deltas; the
-main process adds them to :attr:`VideoLoader.skipped` (reason -> count; see :mod:`data.faults`),
-which is also part of the state dict. Counts are per rank; the trainer all-reduces if it wants
-global figures.
+main process adds them to :attr:`VideoLoader.skipped` (reason -> count for every reason of
+:data:`data.faults.REASONS`, zeros included, always in that order, so that ranks can all-reduce the
+values list element-wise); it is part of the state dict. Counts are per rank.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.collate import DecodedSample, SampleOptions, collate, decode_sample
-from data.faults import BAD_SHARD, UNKNOWN_KEY, FaultCounter, SampleFault, merge_counts
+from data.faults import BAD_SHARD, REASONS, UNKNOWN_KEY, FaultCounter, SampleFault, merge_counts
 from data.mix import DataConfig, ResolvedSource, resolve_split
 from data.shards import SHARD_READ_ERRORS, RawSample, iter_shard
 
@@ -245,7 +245,7 @@ class VideoLoader:
     def __init__(self, plan: StreamPlan, num_workers: int) -> None:
         self.plan = plan
         self.num_workers = num_workers
-        self.skipped: dict[str, int] = {}
+        self.skipped: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.epoch = 0
         self.batches = 0
         self._reset_pass()
@@ -318,7 +318,8 @@ class VideoLoader:
         self._next = int(state["next"])
         self._done = [bool(d) for d in state["done"]]
         self._states = copy.deepcopy(list(workers))
-        self.skipped = {str(k): int(v) for k, v in state["skipped"].items()}
+        self.skipped = dict.fromkeys(REASONS, 0)
+        merge_counts(self.skipped, {str(k): int(v) for k, v in state["skipped"].items()})
 
 
 def _model_field(model_cfg: Any, name: str) -> Any:
