@@ -1,0 +1,114 @@
+"""Exact resume (2 processes, ZeRO-2, fp32): 2k uninterrupted steps == k steps, SIGKILL, resume=auto
+for k more (per-step losses and final weights identical); SIGTERM checkpoints and exits cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+K = 3
+pytestmark = pytest.mark.slow
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    subprocess.run([sys.executable, "-m", "data.synth", "--out", str(out), "--videos", "8", "--seed", "1"],
+                   cwd=REPO, env=env(), check=True, capture_output=True, timeout=300)
+    return out
+
+
+def torchrun_cmd(synth: Path, root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+            str(free_port()), "-m", "train", "stage=sft", "model=tiny", "data=synth", f"data.root={synth}",
+            "preset=tiny", "stage.init_from=null", f"output_root={root}", "deepspeed=zero2",
+            "deepspeed.precision=fp32", f"loop.max_steps={2 * K}", f"checkpoint.every_steps={K}",
+            "loop.micro_batch_size=2", "loop.grad_accum=2", "loop.loader_workers=1", "logging.tqdm=false",
+            *extra]
+
+
+def last_losses(stage_dir: Path) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for rec in map(json.loads, (stage_dir / "metrics.jsonl").read_text().splitlines()):
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def test_sigkill_then_resume_auto_is_exact(synth: Path, tmp_path: Path) -> None:
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    proc = subprocess.run(torchrun_cmd(synth, ref), cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    killed = subprocess.Popen(torchrun_cmd(synth, cut), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = cut / "sft" / "checkpoints" / f"step-{K:08d}" / "COMPLETE"
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert killed.poll() is None, "run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (cut / "sft" / "export").exists(), "the run finished before it was killed"
+
+    resumed = subprocess.run(torchrun_cmd(synth, cut, "checkpoint.resume=auto"), cwd=REPO, env=env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    events = [json.loads(line) for line in (cut / "sft" / "metrics.jsonl").read_text().splitlines()]
+    resume = [e for e in events if e.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["step"] >= K
+
+    expect, got = last_losses(ref / "sft"), last_losses(cut / "sft")
+    assert sorted(expect) == sorted(got) == list(range(1, 2 * K + 1))
+    assert got == expect  # bit-identical per-step losses
+    a = load_file(str(ref / "sft" / "export" / "model.safetensors"))
+    b = load_file(str(cut / "sft" / "export" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(synth: Path, tmp_path: Path) -> None:
+    root = tmp_path / "term"
+    cmd = [sys.executable, "-m", "train", "stage=align", "model=tiny", "data=synth", f"data.root={synth}",
+           "preset=tiny", "stage.init_from=null", "stage.trainable=[projector]", f"output_root={root}",
+           "loop.max_steps=100000", "checkpoint.every_steps=100000", "logging.tqdm=false"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics_file = root / "align" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    stop = [r for r in records if r.get("event") == "signal_stop"]
+    assert len(stop) == 1 and stop[0]["signal"] == signal.SIGTERM
+    last_step = max(r["step"] for r in records if "loss" in r)
+    ck = root / "align" / "checkpoints" / f"step-{last_step:08d}"
+    assert (ck / "COMPLETE").is_file() and json.loads((ck / "trainer_state.json").read_text())["step"] == last_step
+    assert not (root / "align" / "export").exists()
