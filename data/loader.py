@@ -204,7 +204,14 @@ class ShardStreamDataset(IterableDataset):
         faults.reset()  # anything met while fast-forwarding was counted before the checkpoint
         opts = self.plan.options
         pending: list[DecodedSample] = []
+        epochs_at_last_keep = [st["epoch"] for st in stream.state["sources"]]
         for raw in stream:
+            if self.plan.loop and all(st["epoch"] >= e + 2 or not st["active"] for st, e in
+                                      zip(stream.state["sources"], epochs_at_last_keep, strict=True)):
+                raise RuntimeError(f"data: worker {worker} of rank {self.plan.rank} went through a whole epoch of "
+                                   "every source without one usable sample (task filter "
+                                   f"{sorted(opts.tasks) if opts.tasks is not None else None}, skipped so far "
+                                   f"{faults.total}); the looping stream would never yield a batch")
             if raw.ignored:
                 faults.add(UNKNOWN_KEY, f"{raw.shard}:{raw.key}", f"ignored members {raw.ignored}")
             try:
@@ -214,6 +221,7 @@ class ShardStreamDataset(IterableDataset):
                 continue
             if sample is None:
                 continue
+            epochs_at_last_keep = [st["epoch"] for st in stream.state["sources"]]
             pending.append(sample)
             if len(pending) == self.plan.batch_size:
                 yield self._message(worker, stream, faults, pending)

@@ -200,6 +200,10 @@ def test_task_filter_and_weighted_mix(tmp_path: Path, tok: Any, mcfg: Any) -> No
                         frames_upbound=4)
     tasks = [t for b in collect(only) for t in b["tasks"]]
     assert tasks == ["caption"] * 6
+    nothing = build_loader(cfg, tok, mcfg, split="train", batch_size=4, num_workers=0, tasks=["grounding"],
+                           frames_upbound=4)
+    with pytest.raises(RuntimeError, match="without one usable sample"):
+        next(iter(nothing))  # a looping stream that can never yield fails instead of spinning
     mixed = build_loader(cfg, tok, mcfg, split="train", batch_size=4, num_workers=0, frames_upbound=4)
     tasks = [t for b in collect(mixed, 10) for t in b["tasks"]]
     assert tasks.count("caption") == 30 and tasks.count("mcq") == 10
