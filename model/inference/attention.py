@@ -58,17 +58,16 @@ def _attend(
         return F.scaled_dot_product_attention(
             q[None], k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
         )[0]
-    rep = q.shape[0] // k.shape[0]
-    kk = k.repeat_interleave(rep, dim=0)
-    vv = v.repeat_interleave(rep, dim=0)
-    scores = torch.matmul(q, kk.transpose(1, 2)) * scale
+    kvh, nq, nk = k.shape[0], q.shape[1], k.shape[1]
+    qg = q.reshape(kvh, -1, q.shape[2])  # heads grouped by their KV head: [KVH, rep * nq, hd]
+    scores = torch.matmul(qg, k.transpose(1, 2)).mul_(scale).view(q.shape[0], nq, nk)
     if causal:
-        mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool).tril()
+        mask = torch.ones(nq, nk, dtype=torch.bool).tril()
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     recorder(layer_idx, part, probs, _key_index(part))
-    return torch.matmul(probs, vv)
+    return torch.matmul(probs.view(kvh, -1, nk), v).view(q.shape[0], nq, -1)
 
 
 def layer_forward(

@@ -116,7 +116,10 @@ def generate_video(
     dense: list[int] | None = None
     with PeakMemory() as pre:
         res = run_prefill(llm, blocks, embedder, capacity=length + max_new_tokens)
-        store, logits, kept, next_slot = res.store, res.last_logits, length, length
+    store, logits, kept, next_slot = res.store, res.last_logits, length, length
+    del res
+    eos = _eos_set(llm, eos_token_id)
+    with PeakMemory() as dec:
         if bilevel:
             question = embedder(v_end, length)
             n_chunks = layout.num_chunks(chunk_groups)
@@ -125,12 +128,8 @@ def generate_video(
             dst, kept_video = compaction_map(layout, chunk_groups, dense, kv_pool)
             store = compact(store, dst, kept_video, extra_capacity=s + max_new_tokens)
             kept, next_slot = kept_video + s, kept_video + s
-        del res
-    eos = _eos_set(llm, eos_token_id)
-    with PeakMemory() as dec:
-        if bilevel:
-            part = AttnPart(slice(0, s), (0, next_slot), torch.arange(next_slot - s, next_slot))
-            hidden = forward_block(llm, question, torch.arange(v_end, length), store, next_slot - s, [part])
+            part = AttnPart(slice(0, s), (0, next_slot), torch.arange(kept_video, next_slot))
+            hidden = forward_block(llm, question, torch.arange(v_end, length), store, kept_video, [part])
             logits = llm.lm_head(hidden[-1])
         tokens = greedy_decode(llm, embedder, store, logits, next_slot, length, max_new_tokens, eos)
     bpt = store.bytes_per_token()
@@ -138,7 +137,8 @@ def generate_video(
         prefill=prefill, decode=decode, prompt_tokens=length,
         pair_density=pairs / causal_pairs(length),
         kept_kv_bytes=kept * bpt, full_kv_bytes=length * bpt,
-        prefill_seconds=pre.seconds, decode_seconds=dec.seconds, vision_seconds=embedder.vision_seconds,
+        prefill_seconds=pre.seconds, decode_seconds=dec.seconds, prefill_cpu_seconds=pre.cpu_seconds,
+        decode_cpu_seconds=dec.cpu_seconds, vision_seconds=embedder.vision_seconds,
         prefill_peak_bytes=pre.peak_bytes, decode_peak_bytes=dec.peak_bytes, memory_method=pre.method,
         dense_chunks=dense,
     )

@@ -23,8 +23,10 @@ class GenerationStats:
     pair_density: float  # allowed (q, k) pairs / causal pairs over the prompt
     kept_kv_bytes: int  # KV cache bytes of the prompt when decoding starts
     full_kv_bytes: int  # the same for a full (uncompacted) cache
-    prefill_seconds: float  # vision + prefill (+ relevance scoring and compaction for bilevel)
-    decode_seconds: float  # question encoding on the mixed cache (bilevel) + token loop
+    prefill_seconds: float  # wall: vision + prefill of the prompt (bilevel: of system + video only)
+    decode_seconds: float  # wall: (bilevel: relevance scoring, compaction, question encoding) + token loop
+    prefill_cpu_seconds: float  # process CPU time of the same phase (robust on shared cores)
+    decode_cpu_seconds: float
     vision_seconds: float  # part of prefill_seconds spent in model.encode_frames
     prefill_peak_bytes: int  # RSS high-water delta during prefill
     decode_peak_bytes: int  # RSS high-water delta during decoding
@@ -55,14 +57,16 @@ def _status_kib(field: str) -> int | None:
 
 
 class PeakMemory:
-    """Context manager measuring the RSS high-water delta and wall time of a phase."""
+    """Context manager measuring the RSS high-water delta, wall and CPU time of a phase."""
 
     def __init__(self) -> None:
         self.peak_bytes = 0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.method = "VmHWM reset via /proc/self/clear_refs"
         self._start_rss = 0
         self._t0 = 0.0
+        self._c0 = 0.0
 
     def __enter__(self) -> PeakMemory:
         try:
@@ -76,10 +80,12 @@ class PeakMemory:
             self.method = "ru_maxrss (not resettable; lower bound)"
             self._start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = time.process_time() - self._c0
         if self.method.startswith("VmHWM"):
             peak = _status_kib("VmHWM") or self._start_rss
         else:
