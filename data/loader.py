@@ -29,6 +29,7 @@ values list element-wise); it is part of the state dict. Counts are per rank.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -63,12 +64,21 @@ class StreamPlan:
     pad_token_id: int
     options: SampleOptions
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Hash of the fields a resume must agree on."""
+        """Hash of the fields a resume must agree on (computed once)."""
         o = self.options
+
+        def kept(keep: dict[str, frozenset[str]] | None) -> str | None:
+            if keep is None:
+                return None
+            digest = hashlib.sha256()
+            for shard in sorted(keep):
+                digest.update(shard.encode() + b"\0" + "\0".join(sorted(keep[shard])).encode() + b"\1")
+            return digest.hexdigest()
+
         desc = {
-            "sources": [[s.shards, s.weight, sorted((k, sorted(v)) for k, v in (s.keep or {}).items())]
-                        for s in self.sources],
+            "sources": [[s.shards, s.weight, kept(s.keep)] for s in self.sources],
             "seed": self.seed, "rank": self.rank, "world": self.world_size, "workers": self.num_workers,
             "buffer": self.shuffle_buffer, "batch": self.batch_size, "loop": self.loop,
             "frames": [o.frames_upbound, o.fps_upbound, o.max_length, o.image_size, o.tokens_per_group,
@@ -307,7 +317,7 @@ class VideoLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position of this rank's stream (plus fault counts)."""
-        return {"version": STATE_VERSION, "fingerprint": self.plan.fingerprint(), "epoch": self.epoch,
+        return {"version": STATE_VERSION, "fingerprint": self.plan.fingerprint, "epoch": self.epoch,
                 "batches": self.batches, "next": self._next, "done": list(self._done),
                 "workers": copy.deepcopy(self._states), "skipped": dict(self.skipped)}
 
@@ -315,7 +325,7 @@ class VideoLoader:
         """Resume from :meth:`state_dict`; the plan (shards, seed, ranks, workers, ...) must match."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state: version {state.get('version')!r}, expected {STATE_VERSION}")
-        if state.get("fingerprint") != self.plan.fingerprint():
+        if state.get("fingerprint") != self.plan.fingerprint:
             raise ValueError("loader state: fingerprint mismatch — the data mix, seed, rank/world size, "
                              "worker count, batch size or sampling options differ from the checkpoint")
         workers = state["workers"]
