@@ -102,9 +102,31 @@ def test_generate_errors(tiny_video) -> None:
         generate_video(model, ids[:-1], frames, layout=built)
     with pytest.raises(ValueError, match="pixel_values"):
         generate_video(model, ids, frames[:-4], layout=built)
+    for knob in ("chunk_groups", "kv_pool"):
+        with pytest.raises(ValueError, match=knob):
+            generate_video(model, ids, frames, layout=built, **{knob: 0})
+    with pytest.raises(ValueError, match="top_k"):
+        generate_video(model, ids, frames, layout=built, top_k=-1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_video(model, ids, frames, layout=built, max_new_tokens=0)
     with pytest.raises(ValueError, match="exactly one"):
         generate_video(model, ids, None, layout=built)
     last_video = int((built.token_kind == 3).nonzero().max()) + 1
     cut = (built.token_kind[:last_video], built.group_index[:last_video])
     with pytest.raises(ValueError, match="QUESTION"):
         generate_video(model, ids[:last_video], frames, layout=cut, decode="bilevel")
+
+
+def test_image_layout_single_group(tiny_video) -> None:
+    """An image prompt (one group, no timestamp tokens) goes through every mode."""
+    from model import load_tokenizer
+    from model.sequence import build_sequence
+
+    model, _, frames = tiny_video
+    built = build_sequence(load_tokenizer("tiny"), [{"from": "human", "value": "<image>\nDescribe."}], None, 1,
+                           model.config.tokens_per_group, for_generation=True)
+    px = frames[: model.config.frames_per_group]
+    out = {(p, d): generate_video(model, built.input_ids, px, layout=built, prefill=p, decode=d,
+                                  max_new_tokens=4, eos_token_id=None).token_ids.tolist()
+           for p in ("full", "chunked") for d in ("full", "bilevel")}
+    assert len({tuple(v) for v in out.values()}) == 1  # one chunk: dense window, always kept dense

@@ -7,14 +7,14 @@ that grows with the number of frames.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
 from model.inference.attention import Recorder, forward_block
 from model.inference.kv_cache import KVStore
-from model.inference.layout import Block, plan_pairs
+from model.inference.layout import Block, part_pairs
 
 # embed_fn(start, end) -> FloatTensor[end - start, d]: input embeddings of sequence tokens [start, end).
 EmbedFn = Callable[[int, int], torch.Tensor]
@@ -41,23 +41,20 @@ def new_store(llm: torch.nn.Module, capacity: int, dtype: torch.dtype) -> KVStor
 
 @torch.no_grad()
 def run_prefill(
-    llm: torch.nn.Module, blocks: list[Block], embed_fn: EmbedFn, capacity: int,
+    llm: torch.nn.Module, blocks: Iterable[Block], embed_fn: EmbedFn, capacity: int,
     return_all_logits: bool = False, recorder: Recorder | None = None,
 ) -> PrefillResult:
-    """Run ``blocks`` (contiguous, starting at 0, in order) and return the filled store."""
-    if not blocks or blocks[0].start != 0:
-        raise ValueError("a prefill plan must start at token 0")
-    for a, b in zip(blocks, blocks[1:], strict=False):
-        if a.end != b.start:
-            raise ValueError("prefill blocks must tile the sequence contiguously")
-    length = blocks[-1].end
-    if capacity < length:
-        raise ValueError(f"store capacity {capacity} < prefill length {length}")
+    """Run ``blocks`` (contiguous from token 0, in order; may be a lazy iterator) into a new store."""
     dtype = llm.get_input_embeddings().weight.dtype
     store = new_store(llm, capacity, dtype)
     logits: list[torch.Tensor] = []
     hidden = None
+    end, pairs = 0, 0
     for block in blocks:
+        if block.start != end:
+            raise ValueError("prefill blocks must tile the sequence contiguously from token 0")
+        if block.end > capacity:
+            raise ValueError(f"store capacity {capacity} < prefill length {block.end}")
         x = embed_fn(block.start, block.end)
         if x.shape[0] != block.end - block.start:
             raise ValueError(f"embed_fn returned {x.shape[0]} rows for block [{block.start}, {block.end})")
@@ -65,8 +62,12 @@ def run_prefill(
         hidden = forward_block(llm, x.to(dtype), positions, store, block.start, block.parts, recorder)
         if return_all_logits:
             logits.append(llm.lm_head(hidden))
+        pairs += sum(part_pairs(p) for p in block.parts)
+        end = block.end
         del x
-    store.length = length
+    if hidden is None:
+        raise ValueError("empty prefill plan")
+    store.length = end
     last = llm.lm_head(hidden[-1:])[0]
     all_logits = torch.cat(logits) if return_all_logits else None
-    return PrefillResult(store, length, last, all_logits, plan_pairs(blocks))
+    return PrefillResult(store, end, last, all_logits, pairs)

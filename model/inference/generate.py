@@ -11,7 +11,7 @@ from model.inference.attention import forward_block
 from model.inference.bilevel import chunk_relevance, compact, compaction_map, select_dense
 from model.inference.chunked_prefill import run_prefill
 from model.inference.kv_cache import KVStore
-from model.inference.layout import AttnPart, VideoLayout, causal_pairs, plan_chunked, plan_full, plan_pairs
+from model.inference.layout import AttnPart, VideoLayout, causal_pairs, iter_chunked_plan, plan_full
 from model.inference.stats import GenerationStats, PeakMemory
 from model.inference.visual import FrameSource, PromptEmbedder
 
@@ -56,7 +56,11 @@ def greedy_decode(
 
 
 def _validate(input_ids: torch.Tensor, layout: VideoLayout, prefill: str, decode: str,
-              max_new_tokens: int) -> torch.Tensor:
+              max_new_tokens: int, knobs: dict[str, int]) -> torch.Tensor:
+    for name, value in knobs.items():
+        low = 0 if name in ("prev_chunks", "top_k") else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if prefill not in ("full", "chunked"):
         raise ValueError(f"prefill must be 'full' or 'chunked', got {prefill!r}")
     if decode not in ("full", "bilevel"):
@@ -103,7 +107,8 @@ def generate_video(
     if layout is None:
         raise ValueError("generate_video needs layout= (token_kind + group_index, e.g. the BuiltSequence)")
     layout = VideoLayout.coerce(layout)
-    input_ids = _validate(torch.as_tensor(input_ids), layout, prefill, decode, max_new_tokens)
+    knobs = dict(chunk_groups=chunk_groups, prev_chunks=prev_chunks, top_k=top_k, kv_pool=kv_pool)
+    input_ids = _validate(torch.as_tensor(input_ids), layout, prefill, decode, max_new_tokens, knobs)
     llm = model.llm if hasattr(model, "llm") else model
     embedder = PromptEmbedder(model, input_ids, layout, pixel_values, visual_embeds, encode_groups=chunk_groups)
     length, v_end, s = layout.length, layout.video_end, layout.suffix_length
@@ -111,12 +116,13 @@ def generate_video(
     if prefill == "full":
         blocks = plan_full(layout, include_suffix=not bilevel)
     else:
-        blocks = plan_chunked(layout, chunk_groups, prev_chunks, include_suffix=not bilevel)
-    pairs = plan_pairs(blocks) + (s * v_end + causal_pairs(s) if bilevel else 0)
+        blocks = iter_chunked_plan(layout, chunk_groups, prev_chunks, include_suffix=not bilevel)
     dense: list[int] | None = None
     with PeakMemory() as pre:
         res = run_prefill(llm, blocks, embedder, capacity=length + max_new_tokens)
     store, logits, kept, next_slot = res.store, res.last_logits, length, length
+    # the question sees every earlier token (it is scored over the full cache in bilevel mode)
+    pairs = res.pairs + (s * v_end + causal_pairs(s) if bilevel else 0)
     del res
     eos = _eos_set(llm, eos_token_id)
     with PeakMemory() as dec:

@@ -16,6 +16,7 @@ range whose queries are split into :class:`AttnPart` groups, each attending to a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -170,21 +171,22 @@ def plan_full(layout: VideoLayout, include_suffix: bool) -> list[Block]:
     return [Block(0, end, [_full_causal_part(0, end)])]
 
 
-def plan_chunked(
+def iter_chunked_plan(
     layout: VideoLayout, chunk_groups: int = 4, prev_chunks: int = 3, include_suffix: bool = True
-) -> list[Block]:
-    """Blockwise chunked prefill plan: prefix block, one block per chunk, then the suffix block."""
+) -> Iterator[Block]:
+    """Blockwise chunked prefill plan, generated lazily (memory stays flat in the chunk count):
+    prefix block, one block per chunk, then the suffix block."""
     if not isinstance(prev_chunks, int) or prev_chunks < 0:
         raise ValueError(f"prev_chunks must be an int >= 0, got {prev_chunks!r}")
     bounds = layout.chunk_bounds(chunk_groups)
     is_ts = layout.token_kind == Kind.TIMESTAMP
-    blocks: list[Block] = []
+    ts_pos = torch.nonzero(is_ts).reshape(-1)
     if layout.video_start > 0:
-        blocks.append(Block(0, layout.video_start, [_full_causal_part(0, layout.video_start)]))
+        yield Block(0, layout.video_start, [_full_causal_part(0, layout.video_start)])
     prefix = torch.arange(layout.video_start)
     for c, (s, e) in enumerate(bounds):
         win_start = bounds[max(0, c - prev_chunks)][0]
-        old_ts = torch.nonzero(is_ts[layout.video_start : win_start]).reshape(-1) + layout.video_start
+        old_ts = ts_pos[: int(torch.searchsorted(ts_pos, win_start))]
         member_keys = torch.cat([prefix, old_ts, torch.arange(win_start, e)])
         local_ts = is_ts[s:e]
         parts = []
@@ -194,10 +196,16 @@ def plan_chunked(
         ts_rows = torch.nonzero(local_ts).reshape(-1)
         if ts_rows.numel():
             parts.append(AttnPart(ts_rows, (0, e), ts_rows + s))
-        blocks.append(Block(s, e, parts, chunk=c))
+        yield Block(s, e, parts, chunk=c)
     if include_suffix and layout.suffix_length > 0:
-        blocks.append(Block(layout.video_end, layout.length, [_full_causal_part(layout.video_end, layout.length)]))
-    return blocks
+        yield Block(layout.video_end, layout.length, [_full_causal_part(layout.video_end, layout.length)])
+
+
+def plan_chunked(
+    layout: VideoLayout, chunk_groups: int = 4, prev_chunks: int = 3, include_suffix: bool = True
+) -> list[Block]:
+    """:func:`iter_chunked_plan` as a list."""
+    return list(iter_chunked_plan(layout, chunk_groups, prev_chunks, include_suffix))
 
 
 def part_pairs(part: AttnPart) -> int:
@@ -209,7 +217,7 @@ def part_pairs(part: AttnPart) -> int:
     return int(torch.searchsorted(part.keys, q, right=True).sum())
 
 
-def plan_pairs(blocks: list[Block]) -> int:
+def plan_pairs(blocks: Iterable[Block]) -> int:
     """Allowed (query, key) pairs over a whole plan."""
     return sum(part_pairs(p) for b in blocks for p in b.parts)
 
