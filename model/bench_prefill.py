@@ -10,7 +10,8 @@ Columns: pair density (allowed / causal pairs); prefill CPU seconds (single thre
 cores) full and chunked, their ratio, the wall-time ratio, the FLOP-predicted ratio and
 ``eff`` = cpu ratio / FLOP ratio (goal <= 1.3); prefill peak RSS delta ("pk") and that minus the
 prompt's KV store ("act", activation memory, should stay flat for chunked); kept/full KV bytes of
-bi-level decoding; decode wall seconds; streamed vision seconds and activation peak.
+bi-level decoding; decode wall seconds; streamed vision seconds and activation peak; "kv_r@144":
+the kept/full KV count for the released layout (144 visual tokens per group), top_k=4.
 """
 
 from __future__ import annotations
@@ -92,6 +93,25 @@ def worker(preset: str, frames: int, run: str, new_tokens: int) -> dict:
     return out
 
 
+def released_layout_kv_ratio(frames: int, top_k: int = 4, kv_pool: int = 4, chunk_groups: int = 4) -> float:
+    """Kept/full KV of bi-level decoding for the released token layout (144 visual tokens per group,
+    timestamps from the tiny tokenizer) with ``top_k`` middle chunks dense: a pure layout count (all
+    full chunks have the same size, so which chunks are dense does not change it)."""
+    from model import load_tokenizer
+    from model.inference.bilevel import compaction_map
+    from model.inference.layout import VideoLayout
+    from model.sequence import build_sequence
+
+    groups = frames // 4
+    built = build_sequence(load_tokenizer("tiny"), [{"from": "human", "value": "<image>\nQuestion?"}],
+                           [1.0 * 4 * g for g in range(groups)], groups, 144, for_generation=True)
+    layout = VideoLayout.from_tensors(built.token_kind, built.group_index)
+    n = layout.num_chunks(chunk_groups)
+    dense = sorted({0, n - 1, *range(1, min(n - 1, 1 + top_k))})
+    _, kept = compaction_map(layout, chunk_groups, dense, kv_pool)
+    return (kept + layout.suffix_length) / layout.length
+
+
 def _spawn(preset: str, frames: int, run: str, new_tokens: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     cmd = [sys.executable, "-m", "model.bench_prefill", "--worker", preset, str(frames), run, str(new_tokens)]
@@ -111,7 +131,7 @@ def report(preset: str, frames: list[int], new_tokens: int) -> None:
           f"top_k=4 kv_pool=4)")
     head = ("frames", "tokens", "density", "full_cpu_s", "chunk_cpu_s", "cpu_r", "wall_r", "flop_r", "eff",
             "full_pk_MiB", "chunk_pk_MiB", "full_act_MiB", "chunk_act_MiB", "kv_r", "dec_full_s", "dec_bi_s",
-            "vis_s", "vis_act_MiB")
+            "vis_s", "vis_act_MiB", "kv_r@144")
     print(" | ".join(head))
     for n in frames:
         r = {run: _spawn(preset, n, run, new_tokens) for run in RUNS}
@@ -124,7 +144,8 @@ def report(preset: str, frames: list[int], new_tokens: int) -> None:
                _mib(f["prefill_peak_bytes"]), _mib(c["prefill_peak_bytes"]),
                _mib(f["prefill_peak_bytes"] - f["store_bytes"]), _mib(c["prefill_peak_bytes"] - c["store_bytes"]),
                f"{b['kv_ratio']:.3f}", f"{c['decode_seconds']:.2f}", f"{b['decode_seconds']:.2f}",
-               f"{v['vision_seconds']:.2f}", _mib(v["prefill_peak_bytes"] - v["store_bytes"]))
+               f"{v['vision_seconds']:.2f}", _mib(v["prefill_peak_bytes"] - v["store_bytes"]),
+               f"{released_layout_kv_ratio(n):.3f}")
         print(" | ".join(str(x) for x in row), flush=True)
 
 
