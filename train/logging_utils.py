@@ -141,7 +141,7 @@ class MetricsLogger:
     @staticmethod
     def format_line(step: int, m: dict[str, Any]) -> str:
         lrs = " ".join(f"{k[3:]}={v:.2e}" for k, v in m.items() if k.startswith("lr/"))
-        skipped = " ".join(f"{k[8:]}={int(v)}" for k, v in m.items() if k.startswith("skipped/"))
+        skipped = " ".join(f"{k[8:]}={int(v)}" for k, v in m.items() if k.startswith("skipped/") and v)
         return (f"step {step} loss {m.get('loss', float('nan')):.4f} gnorm {m.get('grad_norm', float('nan')):.3f} "
                 f"{lrs} tok/s {m.get('tokens_per_s', 0):.0f} samp/s {m.get('samples_per_s', 0):.2f} "
                 f"vis/samp {m.get('visual_tokens_per_sample', 0):.0f} nonfinite {int(m.get('nonfinite_total', 0))} "

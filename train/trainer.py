@@ -76,7 +76,8 @@ class StepLoop:
 
     def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, total_steps: int, grad_accum: int,
                  max_consecutive_nonfinite: int, vision_pad_token_id: int | None,
-                 flops: FlopModel | None, peak_flops_per_device: float) -> None:
+                 flops: FlopModel | None, peak_flops_per_device: float,
+                 skip_reasons: tuple[str, ...] = ()) -> None:
         self.engine = engine
         self.dist = dist
         self.dev = dev
@@ -87,6 +88,7 @@ class StepLoop:
         self.flops = flops
         self.peak = peak_flops_per_device
         self.consecutive_nonfinite = 0
+        self.skip_reasons: tuple[str, ...] = skip_reasons
 
     def _group_lrs(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -134,7 +136,8 @@ class StepLoop:
         reduced = dict(zip(keys, all_reduce_sum([local[k] for k in keys] + [loss_sum], self.dev)[:-1],
                            strict=True))
         loss_mean = all_reduce_sum([loss_sum], self.dev)[0] / (self.grad_accum * self.dist.world_size)
-        skipped_total = all_reduce_sum([float(v) for v in skipped.values()], self.dev) if skipped else []
+        reasons = sorted(set(self.skip_reasons) | set(skipped))  # same keys, same order on every rank
+        skipped_total = all_reduce_sum([float(skipped.get(r, 0)) for r in reasons], self.dev) if reasons else []
         dt = time.perf_counter() - t0
         state.step += 1
         state.samples += int(reduced["samples"])
@@ -148,7 +151,7 @@ class StepLoop:
         if gnorm is not None:
             metrics["grad_norm"] = float(gnorm)
         metrics.update(lrs)
-        for reason, count in zip(skipped.keys(), skipped_total, strict=True):
+        for reason, count in zip(reasons, skipped_total, strict=True):
             metrics[f"skipped/{reason}"] = count
         if self.flops is not None:
             step_flops = self.flops.step_flops(reduced["frames"], reduced["tokens"], reduced["seq_sq"])
@@ -188,6 +191,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     engine = build_engine(module, optimizer, schedule, deepspeed_config(run.deepspeed, run.loop))
     engine.train()
 
+    from data.faults import REASONS
     from data.loader import build_loader
 
     loader = build_loader(build.data_config(run), tokenizer, parts.model_cfg, split="train",
@@ -212,7 +216,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                            run.logging.every_steps, run.logging.tqdm)
     step_loop = StepLoop(engine, dist, dev, steps_total, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
-                         run.logging.peak_tflops_per_device * 1e12)
+                         run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS)
     result = LoopResult(state=state)
     if resume_path is not None:
         logger.event("resume", state.step, checkpoint=str(resume_path))

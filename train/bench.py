@@ -1,0 +1,133 @@
+"""One training step of the framework (DeepSpeed engine forward/backward/step through the stage's
+TrainModule) against a bare torch loop (forward, backward, clip, AdamW) on the same tiny model and
+batch. Prints median step times and their ratio (goal <= 1.10).
+
+`python -m train.bench [--deepspeed zero2] [--zero-option contiguous_gradients=false] [--steps 20] [--precision fp32] [--frames 8] [--text 96]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from train.config import DeepSpeedConfig, LoopConfig, ScheduleConfig
+from train.engine import build_engine, deepspeed_config, init_distributed, read_dist_env
+from train.objectives import TrainModule
+from train.optim import build_optimizer, build_schedule, param_groups, set_trainable
+
+MODULES = ["vision_tower", "dts", "projector", "llm"]
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def make_batch(cfg: Any, frames: int, text: int, seed: int) -> dict[str, torch.Tensor]:
+    """A batch of one sample: `text` random tokens around the visual block of `frames` frames."""
+    g = torch.Generator().manual_seed(seed)
+    groups = frames // cfg.frames_per_group
+    vocab = cfg.text_config.vocab_size
+    words = torch.randint(16, vocab, (text,), generator=g)
+    pads = torch.full((groups * cfg.tokens_per_group,), cfg.vision_pad_token_id)
+    ids = torch.cat([words[: text // 4], pads, words[text // 4:]])[None]
+    labels = ids.clone()
+    labels[ids == cfg.vision_pad_token_id] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "pixel_values": torch.randn(frames, 3, cfg.image_size, cfg.image_size, generator=g)}
+
+
+def timed(fn: Any, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deepspeed", default="zero2", help="conf/deepspeed/<name>.yaml to run the framework with")
+    parser.add_argument("--zero", type=int, default=None, help="override the ZeRO stage of --deepspeed")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--text", type=int, default=96)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--zero-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra zero_optimization entry (YAML value), e.g. contiguous_gradients=false")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    from model import VideoXL2ForCausalLM, build_preset
+
+    torch.manual_seed(0)
+    cfg = build_preset(args.model)
+    base = VideoXL2ForCausalLM(cfg)
+    batch = make_batch(cfg, args.frames, args.text, seed=0)
+    lr = {m: 1e-4 for m in MODULES}
+    loop = LoopConfig(grad_clip=1.0)
+
+    # bare torch: same module wrapper, forward/backward/clip/AdamW, constant lr
+    bare = TrainModule(copy.deepcopy(base), "lm")
+    set_trainable(bare.trainable_modules(), MODULES)
+    bare.train()
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    bare.to(dtype)
+    bare_opt = torch.optim.AdamW(param_groups(bare.trainable_modules(), lr, 0.0), betas=(0.9, 0.999), eps=1e-8)
+    bare_batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.items()}
+
+    def bare_step() -> None:
+        loss = bare(**bare_batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(bare.parameters(), loop.grad_clip)
+        bare_opt.step()
+        bare_opt.zero_grad(set_to_none=True)
+
+    # framework: DeepSpeed engine over the same module, with the stage's schedule
+    init_distributed(read_dist_env())
+    fw = TrainModule(copy.deepcopy(base), "lm")
+    set_trainable(fw.trainable_modules(), MODULES)
+    opt = build_optimizer(param_groups(fw.trainable_modules(), lr, 0.0), (0.9, 0.999), 1e-8)
+    sched = build_schedule(ScheduleConfig(name="constant", warmup_ratio=0.0), 10**6)
+    conf = yaml.safe_load((CONF_DIR / "deepspeed" / f"{args.deepspeed}.yaml").read_text())
+    extra = dict(conf.get("zero_optimization") or {})
+    for item in args.zero_option:
+        key, _, value = item.partition("=")
+        extra[key] = yaml.safe_load(value)
+    zero = conf["zero_stage"] if args.zero is None else args.zero
+    ds = DeepSpeedConfig(zero_stage=zero, precision=args.precision, zero_optimization=extra)
+    engine = build_engine(fw, opt, sched, deepspeed_config(ds, loop))
+    engine.train()
+
+    def fw_step() -> None:
+        loss = engine(**batch)
+        engine.backward(loss)
+        engine.step()
+
+    timed(bare_step, args.warmup)
+    timed(fw_step, args.warmup)
+    bare_t: list[float] = []
+    fw_t: list[float] = []
+    for _ in range(args.steps):  # interleave so that load changes on a shared machine hit both
+        bare_t += timed(bare_step, 1)
+        fw_t += timed(fw_step, 1)
+    result = {"bare_ms": statistics.median(bare_t) * 1e3, "framework_ms": statistics.median(fw_t) * 1e3,
+              "bare_min_ms": min(bare_t) * 1e3, "framework_min_ms": min(fw_t) * 1e3}
+    result["ratio"] = result["framework_ms"] / result["bare_ms"]
+    result["ratio_min"] = result["framework_min_ms"] / result["bare_min_ms"]
+    print(f"model={args.model} deepspeed={args.deepspeed} zero={zero} precision={args.precision} frames={args.frames} text={args.text} "
+          f"steps={args.steps}: median bare {result['bare_ms']:.2f} / framework {result['framework_ms']:.2f} ms "
+          f"(ratio {result['ratio']:.3f}); best bare {result['bare_min_ms']:.2f} / framework "
+          f"{result['framework_min_ms']:.2f} ms (ratio {result['ratio_min']:.3f}); goal <= 1.10")
+    return result
+
+
+if __name__ == "__main__":
+    main()
