@@ -122,5 +122,26 @@ def test_pipeline_zero2_deepspeed_launcher(synth: Path, tmp_path: Path) -> None:
     root = tmp_path / "z2"
     launcher = str(Path(sys.executable).with_name("deepspeed"))
     run([launcher, "--no_local_rank", "--num_gpus", "2", "--master_port", str(free_port()),
-         "--module", "train.pipeline", *common(synth, root), "deepspeed=zero2"])
+         "--module", "train.pipeline", *common(synth, root), "deepspeed=zero2",
+         "loop.activation_checkpointing=true", "loop.grad_accum=2"])
     check_stages(root)
+
+
+def test_torchrun_multinode_script_two_nodes(synth: Path, tmp_path: Path) -> None:
+    """launch/torchrun_multinode.sh as two single-process "nodes" on this machine."""
+    root = tmp_path / "mn"
+    port = str(free_port())
+    args = [*common(synth, root), "stage=align", "stage.init_from=null", "loop.max_steps=3"]
+    procs = []
+    for node in (1, 0):
+        node_env = {**env(), "NNODES": "2", "NODE_RANK": str(node), "NPROC_PER_NODE": "1",
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PYTHON": sys.executable}
+        procs.append(subprocess.Popen(["bash", str(REPO / "launch" / "torchrun_multinode.sh"), *args], cwd=REPO,
+                                      env=node_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-4000:]
+    ck = root / "align" / "checkpoints" / "step-00000003"
+    assert (ck / "COMPLETE").is_file()
+    assert (ck / "rank00000.json").is_file() and (ck / "rank00001.json").is_file()
+    assert [r["step"] for r in metrics(root / "align")] == [1, 2, 3]
