@@ -3,7 +3,7 @@
     python -m model.bench_prefill --frames 64,256,1024 --preset tiny|wide
 
 Every measurement runs in a fresh subprocess (clean RSS high-water mark) after a 16-frame warm-up
-of the same path. The LLM runs use random visual embeddings; the "vision" run streams random
+of the same path (its freed heap handed back with malloc_trim). The LLM runs use random visual embeddings; the "vision" run streams random
 pixel frames chunk by chunk through ``model.encode_frames`` (chunked prefill + bi-level decoding).
 ``wide`` = the tiny preset with a 512-wide, 8-head LLM and a 12x12 grid (36 tokens per group).
 Columns: pair density (allowed / causal pairs); prefill CPU seconds (single thread, robust on shared
@@ -17,6 +17,7 @@ the kept/full KV count for the released layout (144 visual tokens per group), to
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -73,6 +74,15 @@ def _generate(model, cfg, frames: int, run: str, new_tokens: int):
     return generate_video(model.llm, built.input_ids, None, visual_embeds=vis, **kw)
 
 
+def _release_freed_heap() -> None:
+    """Return memory freed by the warm-up to the OS (glibc malloc_trim) so the measured run's RSS
+    high-water delta is not hidden by reuse of already-resident heap pages."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def worker(preset: str, frames: int, run: str, new_tokens: int) -> dict:
     """One measurement (after a 16-frame warm-up of the same path); returns the stats dict."""
     from model import VideoXL2ForCausalLM
@@ -81,6 +91,7 @@ def worker(preset: str, frames: int, run: str, new_tokens: int) -> dict:
     cfg = preset_config(preset)
     model = VideoXL2ForCausalLM(cfg).eval()
     _generate(model, cfg, 16, run, 2)
+    _release_freed_heap()
     out = _generate(model, cfg, frames, run, new_tokens).stats.as_dict()
     tc = cfg.text_config
     head_dim = tc.hidden_size // tc.num_attention_heads
