@@ -247,3 +247,27 @@ def test_flop_model_factors() -> None:
     assert frozen_llm.step_flops(0, 10, 100) == pytest.approx(text * 2 / 3)  # activation grads only
     none = FlopModel(**{**fm.__dict__, "trainable": set()})
     assert none.step_flops(0, 10, 100) == pytest.approx(text / 3)
+
+
+def test_epoch_based_steps_follow_the_data(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from train.build import total_steps
+    from train.config import parse_run_config
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "data.synth", "--out", str(tmp_path), "--videos", "6", "--seed", "2"],
+                   cwd=repo, check=True, capture_output=True, timeout=300)
+    samples = json.loads((tmp_path / "manifest.json").read_text())["splits"]["train"]["samples"]
+    with initialize_config_dir(config_dir=str(repo / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=["stage=sft", f"data.root={tmp_path}", "stage.epochs=2",
+                                                       "stage.steps=null", "loop.micro_batch_size=2",
+                                                       "loop.grad_accum=1"])
+    run = parse_run_config(OmegaConf.to_container(cfg, resolve=True))
+    assert total_steps(run, world_size=2) == (2 * samples) // 4
+    run.loop.max_steps = 7
+    assert total_steps(run, world_size=2) == 7

@@ -31,7 +31,8 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 def param_groups(modules: dict[str, nn.Module], lrs: dict[str, float],
                  weight_decay: float) -> list[dict]:
-    """One or two AdamW groups per trainable module (decayed / not decayed), each with its lr.
+    """AdamW groups per trainable module, each with its lr: decayed and not decayed (biases, norms,
+    embeddings) when `weight_decay` > 0, a single group otherwise.
 
     Frozen parameters (requires_grad False) are left out, so the optimizer never sees them.
     A parameter shared by two modules is assigned to the first module that lists it.
@@ -45,7 +46,10 @@ def param_groups(modules: dict[str, nn.Module], lrs: dict[str, float],
                 continue
             seen.add(id(p))
             (no_decay if _no_decay(pname, p) else decay).append(p)
-        for params, wd, suffix in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
+        splits = ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay"))
+        if weight_decay == 0.0:  # identical hyper-parameters: one group (fewer optimizer launches)
+            splits = ((decay + no_decay, 0.0, "all"),)
+        for params, wd, suffix in splits:
             if params:
                 groups.append({"params": params, "lr": lrs[module_name], "weight_decay": wd,
                                "name": f"{module_name}/{suffix}"})
