@@ -29,14 +29,15 @@ def test_chunked_prefill_matches_dense_masked_reference(seed: int) -> None:
     visibility = dense_visibility(kind, group, chunk_groups, prev_chunks)
     ref_logits, ref_k, ref_v = dense_forward(llm, embeds, visibility)
 
-    blocks = plan_chunked(layout, chunk_groups, prev_chunks)
-    assert plan_pairs(blocks) == int(visibility.sum())
-    res = run_prefill(llm, blocks, lambda s, e: embeds[s:e], layout.length + 3, return_all_logits=True)
-    _close(res.all_logits, ref_logits)
-    _close(res.last_logits, ref_logits[-1])
-    for layer in range(llm.config.num_hidden_layers):
-        _close(res.store.keys[layer][:, : layout.length], ref_k[layer])
-        _close(res.store.values[layer][:, : layout.length], ref_v[layer])
+    for block_chunks in (1, 1 + seed % 3):
+        blocks = plan_chunked(layout, chunk_groups, prev_chunks, block_chunks=block_chunks)
+        assert plan_pairs(blocks) == int(visibility.sum())
+        res = run_prefill(llm, blocks, lambda s, e: embeds[s:e], layout.length + 3, return_all_logits=True)
+        _close(res.all_logits, ref_logits)
+        _close(res.last_logits, ref_logits[-1])
+        for layer in range(llm.config.num_hidden_layers):
+            _close(res.store.keys[layer][:, : layout.length], ref_k[layer])
+            _close(res.store.values[layer][:, : layout.length], ref_v[layer])
 
 
 def test_reference_detects_wrong_window() -> None:

@@ -94,6 +94,7 @@ def generate_video(
     eos_token_id: int | Sequence[int] | None | str = "auto",
     dense_chunks: Sequence[int] | None = None,
     visual_embeds: torch.Tensor | None = None,
+    block_chunks: int = 2,
 ) -> GenerationResult:
     """Greedy generation for one video prompt (batch size 1).
 
@@ -103,20 +104,23 @@ def generate_video(
     ``layout``: a BuiltSequence, VideoLayout or ``(token_kind, group_index)``.
     ``dense_chunks``: precomputed dense chunk ids for bi-level decoding (skips relevance scoring).
     ``eos_token_id``: ``"auto"`` uses the LM config's eos; None never stops early.
+    ``block_chunks``: chunks batched per prefill block (execution only; same visibility and result).
     """
     if layout is None:
         raise ValueError("generate_video needs layout= (token_kind + group_index, e.g. the BuiltSequence)")
     layout = VideoLayout.coerce(layout)
-    knobs = dict(chunk_groups=chunk_groups, prev_chunks=prev_chunks, top_k=top_k, kv_pool=kv_pool)
+    knobs = dict(chunk_groups=chunk_groups, prev_chunks=prev_chunks, top_k=top_k, kv_pool=kv_pool,
+                 block_chunks=block_chunks)
     input_ids = _validate(torch.as_tensor(input_ids), layout, prefill, decode, max_new_tokens, knobs)
     llm = model.llm if hasattr(model, "llm") else model
-    embedder = PromptEmbedder(model, input_ids, layout, pixel_values, visual_embeds, encode_groups=chunk_groups)
+    embedder = PromptEmbedder(model, input_ids, layout, pixel_values, visual_embeds,
+                              encode_groups=chunk_groups * block_chunks)
     length, v_end, s = layout.length, layout.video_end, layout.suffix_length
     bilevel = decode == "bilevel"
     if prefill == "full":
         blocks = plan_full(layout, include_suffix=not bilevel)
     else:
-        blocks = iter_chunked_plan(layout, chunk_groups, prev_chunks, include_suffix=not bilevel)
+        blocks = iter_chunked_plan(layout, chunk_groups, prev_chunks, not bilevel, block_chunks)
     dense: list[int] | None = None
     with PeakMemory() as pre:
         res = run_prefill(llm, blocks, embedder, capacity=length + max_new_tokens)

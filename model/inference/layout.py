@@ -148,7 +148,7 @@ class Block:
     start: int
     end: int
     parts: list[AttnPart]
-    chunk: int = -1  # video chunk id, -1 for prefix/suffix blocks
+    chunk: int = -1  # first video chunk of the block, -1 for prefix/suffix blocks
 
 
 def _is_1d(t: object) -> bool:
@@ -172,40 +172,50 @@ def plan_full(layout: VideoLayout, include_suffix: bool) -> list[Block]:
 
 
 def iter_chunked_plan(
-    layout: VideoLayout, chunk_groups: int = 4, prev_chunks: int = 3, include_suffix: bool = True
+    layout: VideoLayout, chunk_groups: int = 4, prev_chunks: int = 3, include_suffix: bool = True,
+    block_chunks: int = 1,
 ) -> Iterator[Block]:
     """Blockwise chunked prefill plan, generated lazily (memory stays flat in the chunk count):
-    prefix block, one block per chunk, then the suffix block."""
+    prefix block, video blocks of ``block_chunks`` consecutive chunks, then the suffix block.
+
+    ``block_chunks`` only changes how work is batched (bigger matmuls), never who sees whom: each
+    chunk keeps its own member part, and the block's timestamp rows share one part over the full past.
+    """
     if not isinstance(prev_chunks, int) or prev_chunks < 0:
         raise ValueError(f"prev_chunks must be an int >= 0, got {prev_chunks!r}")
+    _check_positive("block_chunks", block_chunks)
     bounds = layout.chunk_bounds(chunk_groups)
     is_ts = layout.token_kind == Kind.TIMESTAMP
     ts_pos = torch.nonzero(is_ts).reshape(-1)
     if layout.video_start > 0:
         yield Block(0, layout.video_start, [_full_causal_part(0, layout.video_start)])
     prefix = torch.arange(layout.video_start)
-    for c, (s, e) in enumerate(bounds):
-        win_start = bounds[max(0, c - prev_chunks)][0]
-        old_ts = ts_pos[: int(torch.searchsorted(ts_pos, win_start))]
-        member_keys = torch.cat([prefix, old_ts, torch.arange(win_start, e)])
-        local_ts = is_ts[s:e]
+    for c0 in range(0, len(bounds), block_chunks):
+        c1 = min(len(bounds), c0 + block_chunks)
+        bs, be = bounds[c0][0], bounds[c1 - 1][1]
         parts = []
-        member_rows = torch.nonzero(~local_ts).reshape(-1)
-        if member_rows.numel():
-            parts.append(AttnPart(member_rows, member_keys, member_rows + s))
-        ts_rows = torch.nonzero(local_ts).reshape(-1)
+        for c in range(c0, c1):
+            s, e = bounds[c]
+            win_start = bounds[max(0, c - prev_chunks)][0]
+            old_ts = ts_pos[: int(torch.searchsorted(ts_pos, win_start))]
+            member_rows = torch.nonzero(~is_ts[s:e]).reshape(-1) + s
+            if member_rows.numel():
+                member_keys = torch.cat([prefix, old_ts, torch.arange(win_start, e)])
+                parts.append(AttnPart(member_rows - bs, member_keys, member_rows))
+        ts_rows = torch.nonzero(is_ts[bs:be]).reshape(-1)
         if ts_rows.numel():
-            parts.append(AttnPart(ts_rows, (0, e), ts_rows + s))
-        yield Block(s, e, parts, chunk=c)
+            parts.append(AttnPart(ts_rows, (0, be), ts_rows + bs))
+        yield Block(bs, be, parts, chunk=c0)
     if include_suffix and layout.suffix_length > 0:
         yield Block(layout.video_end, layout.length, [_full_causal_part(layout.video_end, layout.length)])
 
 
 def plan_chunked(
-    layout: VideoLayout, chunk_groups: int = 4, prev_chunks: int = 3, include_suffix: bool = True
+    layout: VideoLayout, chunk_groups: int = 4, prev_chunks: int = 3, include_suffix: bool = True,
+    block_chunks: int = 1,
 ) -> list[Block]:
     """:func:`iter_chunked_plan` as a list."""
-    return list(iter_chunked_plan(layout, chunk_groups, prev_chunks, include_suffix))
+    return list(iter_chunked_plan(layout, chunk_groups, prev_chunks, include_suffix, block_chunks))
 
 
 def part_pairs(part: AttnPart) -> int:
