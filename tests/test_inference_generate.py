@@ -78,7 +78,7 @@ def test_streamed_frames_callable_matches_tensor(tiny_video) -> None:
         return frames[g0 * fpg : g1 * fpg]
 
     kw = dict(layout=built, prefill="chunked", decode="bilevel", max_new_tokens=5, chunk_groups=2,
-              prev_chunks=1, top_k=1, kv_pool=4, eos_token_id=None)
+              prev_chunks=1, top_k=1, kv_pool=4, eos_token_id=None, block_chunks=1)
     a = generate_video(model, built.input_ids, frames, **kw)
     b = generate_video(model, built.input_ids, source, **kw)
     assert a.token_ids.tolist() == b.token_ids.tolist()
