@@ -1,5 +1,6 @@
-"""Exact resume (2 processes, ZeRO-2, fp32): 2k uninterrupted steps == k steps, SIGKILL, resume=auto
-for k more (per-step losses and final weights identical); SIGTERM checkpoints and exits cleanly."""
+"""Exact resume (2 processes, ZeRO-2, fp32): an uninterrupted run == the same run SIGKILLed after
+step >= K and resumed with resume=auto (per-step losses and final weights identical); SIGTERM
+checkpoints and exits cleanly."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 K = 3
+TOTAL = 10
 pytestmark = pytest.mark.slow
 
 
@@ -42,9 +45,9 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def torchrun_cmd(synth: Path, root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-            str(free_port()), "-m", "train", "stage=sft", "model=tiny", "data=synth", f"data.root={synth}",
+            str(free_port()), "-m", "train", "stage=dts", "model=tiny", "data=synth", f"data.root={synth}",
             "preset=tiny", "stage.init_from=null", f"output_root={root}", "deepspeed=zero2",
-            "deepspeed.precision=fp32", f"loop.max_steps={2 * K}", f"checkpoint.every_steps={K}",
+            "deepspeed.precision=fp32", f"loop.max_steps={TOTAL}", "checkpoint.keep_last_k=100",
             "loop.micro_batch_size=2", "loop.grad_accum=2", "loop.loader_workers=1", "logging.tqdm=false",
             *extra]
 
@@ -59,34 +62,39 @@ def last_losses(stage_dir: Path) -> dict[int, float]:
 
 def test_sigkill_then_resume_auto_is_exact(synth: Path, tmp_path: Path) -> None:
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    proc = subprocess.run(torchrun_cmd(synth, ref), cwd=REPO, env=env(), capture_output=True, text=True,
+    proc = subprocess.run(torchrun_cmd(synth, ref, f"checkpoint.every_steps={K}"), cwd=REPO, env=env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    killed = subprocess.Popen(torchrun_cmd(synth, cut), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = cut / "sft" / "checkpoints" / f"step-{K:08d}" / "COMPLETE"
+    # a checkpoint after every step, so that wherever the kill lands there is one to resume from
+    killed = subprocess.Popen(torchrun_cmd(synth, cut, "checkpoint.every_steps=1"), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    marker = cut / "dts" / "checkpoints" / f"step-{K:08d}" / "COMPLETE"
     deadline = time.monotonic() + 600
     while not marker.exists():
         assert killed.poll() is None, "run ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    os.killpg(killed.pid, signal.SIGKILL)
+    # SIGKILL the launcher and every worker (torchrun puts workers in their own sessions)
+    tree = [psutil.Process(killed.pid), *psutil.Process(killed.pid).children(recursive=True)]
+    for p in reversed(tree):
+        p.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
-    assert not (cut / "sft" / "export").exists(), "the run finished before it was killed"
+    psutil.wait_procs(tree[1:], timeout=60)
+    assert not (cut / "dts" / "export").exists(), "the run finished before it was killed"
 
-    resumed = subprocess.run(torchrun_cmd(synth, cut, "checkpoint.resume=auto"), cwd=REPO, env=env(),
+    resumed = subprocess.run(torchrun_cmd(synth, cut, "checkpoint.every_steps=1", "checkpoint.resume=auto"), cwd=REPO, env=env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    events = [json.loads(line) for line in (cut / "sft" / "metrics.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (cut / "dts" / "metrics.jsonl").read_text().splitlines()]
     resume = [e for e in events if e.get("event") == "resume"]
-    assert len(resume) == 1 and resume[0]["step"] >= K
+    assert len(resume) == 1 and K <= resume[0]["step"] < TOTAL
 
-    expect, got = last_losses(ref / "sft"), last_losses(cut / "sft")
-    assert sorted(expect) == sorted(got) == list(range(1, 2 * K + 1))
+    expect, got = last_losses(ref / "dts"), last_losses(cut / "dts")
+    assert sorted(expect) == sorted(got) == list(range(1, TOTAL + 1))
     assert got == expect  # bit-identical per-step losses
-    a = load_file(str(ref / "sft" / "export" / "model.safetensors"))
-    b = load_file(str(cut / "sft" / "export" / "model.safetensors"))
+    a = load_file(str(ref / "dts" / "export" / "model.safetensors"))
+    b = load_file(str(cut / "dts" / "export" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -106,7 +106,8 @@ class StepLoop:
         loss_sum = 0.0
         local = {"samples": 0.0, "tokens": 0.0, "visual_tokens": 0.0, "frames": 0.0, "seq_sq": 0.0}
         while done < self.grad_accum:
-            batch = next(batches)
+            with torch.random.fork_rng(devices=[]):  # data fetching never shifts the training RNG
+                batch = next(batches)  # (a DataLoader draws its base seed when it starts)
             inputs = _batch_tensors(batch, self.dev)
             loss = self.engine(**inputs)
             bad = all_reduce_max(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, self.dev)
