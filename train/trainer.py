@@ -161,6 +161,10 @@ class StepLoop:
         return metrics
 
 
+def _run_name(stage: str, out_dir: Path) -> str:
+    return stage if out_dir.name == stage else f"{stage}-{out_dir.name}"
+
+
 def _stop_agreed(stop: StopRequest, dev: torch.device) -> bool:
     return all_reduce_max(1.0 if stop.requested else 0.0, dev) > 0
 
@@ -213,7 +217,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
         export.write_resolved_config(out_dir / "train_config.yaml", raw_config)
     logger = MetricsLogger(out_dir, dist.is_main, steps_total, state.step,
                            resolve_wandb_mode(run.logging.wandb_mode), run.logging.wandb_project,
-                           run.logging.run_name or f"{run.stage.name}-{out_dir.name}", raw_config,
+                           run.logging.run_name or _run_name(run.stage.name, out_dir), raw_config,
                            run.logging.every_steps, run.logging.tqdm)
     step_loop = StepLoop(engine, dist, dev, steps_total, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
