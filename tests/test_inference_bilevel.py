@@ -35,13 +35,15 @@ def _gen(llm, ids, kind, group, vis, **kw):
 @pytest.mark.parametrize("prefill", ["full", "chunked"])
 def test_bilevel_without_compression_equals_full_decoding(prefill: str) -> None:
     llm, kind, group, ids, vis, _ = _setup(1)
-    full = _gen(llm, ids, kind, group, vis, prefill=prefill, decode="full", max_new_tokens=10)
-    no_pool = _gen(llm, ids, kind, group, vis, prefill=prefill, decode="bilevel", top_k=0, kv_pool=1,
-                   max_new_tokens=10)
-    all_dense = _gen(llm, ids, kind, group, vis, prefill=prefill, decode="bilevel", top_k=99, kv_pool=4,
-                     max_new_tokens=10)
-    assert torch.equal(full.token_ids, no_pool.token_ids)
-    assert torch.equal(full.token_ids, all_dense.token_ids)
+    kw = dict(prefill=prefill, max_new_tokens=10, return_scores=True)
+    full = _gen(llm, ids, kind, group, vis, decode="full", **kw)
+    no_pool = _gen(llm, ids, kind, group, vis, decode="bilevel", top_k=0, kv_pool=1, **kw)
+    all_dense = _gen(llm, ids, kind, group, vis, decode="bilevel", top_k=99, kv_pool=4, **kw)
+    pooled = _gen(llm, ids, kind, group, vis, decode="bilevel", top_k=0, kv_pool=4, **kw)
+    for other in (no_pool, all_dense):
+        assert torch.equal(full.token_ids, other.token_ids)
+        torch.testing.assert_close(other.scores, full.scores, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(pooled.scores[0], full.scores[0], rtol=1e-4, atol=1e-5)
     assert no_pool.stats.kv_ratio == 1.0 and all_dense.stats.kv_ratio == 1.0
 
 
@@ -70,7 +72,7 @@ def test_bilevel_matches_hf_decoding_on_manually_pooled_cache() -> None:
     v_end, length, s = layout.video_end, layout.length, layout.suffix_length
     dense = [2]  # plus first (0) and last (4) chunk of 2 groups each
     res = _gen(llm, ids, kind, group, vis, prefill="full", decode="bilevel", kv_pool=4, dense_chunks=dense,
-               max_new_tokens=6)
+               max_new_tokens=6, return_scores=True)
     assert res.stats.dense_chunks == [0, 2, 4]
 
     with torch.no_grad():
@@ -88,12 +90,16 @@ def test_bilevel_matches_hf_decoding_on_manually_pooled_cache() -> None:
         out = llm(inputs_embeds=emb[None, v_end:], position_ids=torch.arange(v_end, length)[None],
                   attention_mask=mask, cache=pooled, use_cache=True)
         tokens = [int(out.logits[0, -1].argmax())]
+        ref_scores = [out.logits[0, -1]]
         for step in range(5):
             n = kept + s + step + 1
             out = llm(input_ids=torch.tensor([[tokens[-1]]]), position_ids=torch.tensor([[length + step]]),
                       attention_mask=torch.zeros(1, 1, 1, n), cache=pooled, use_cache=True)
             tokens.append(int(out.logits[0, -1].argmax()))
+            ref_scores.append(out.logits[0, -1])
     assert res.token_ids.tolist() == tokens
+    ref = torch.stack(ref_scores)
+    assert float((res.scores - ref).abs().max() / ref.abs().max()) <= 1e-4
     bpt = res.stats.full_kv_bytes // length
     assert res.stats.kept_kv_bytes == (kept + s) * bpt
 

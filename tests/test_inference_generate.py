@@ -16,12 +16,14 @@ def test_full_full_equals_hf_generate_bare_llm() -> None:
     ids = torch.randint(5, 97, (kind.numel(),), generator=gen)
     vis = torch.randn(6, 5, 64, generator=gen)
     res = generate_video(llm, ids[None], None, (kind, group), prefill="full", decode="full",
-                         max_new_tokens=12, visual_embeds=vis, eos_token_id=None)
+                         max_new_tokens=12, visual_embeds=vis, eos_token_id=None, return_scores=True)
     emb = llm.get_input_embeddings()(ids).detach().clone()
     emb[kind == VISUAL] = vis.reshape(-1, 64)
     ref = llm.generate(inputs_embeds=emb[None], max_new_tokens=12, do_sample=False, eos_token_id=None,
-                       pad_token_id=0)
-    assert res.token_ids.tolist() == ref[0].tolist()
+                       pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    assert res.token_ids.tolist() == ref.sequences[0].tolist()
+    ref_scores = torch.cat(ref.scores)
+    assert float((res.scores - ref_scores).abs().max() / ref_scores.abs().max()) <= 1e-4
     assert res.stats.pair_density == 1.0 and res.stats.kv_ratio == 1.0
 
 

@@ -18,10 +18,12 @@ from model.inference.visual import FrameSource, PromptEmbedder
 
 @dataclass
 class GenerationResult:
-    """Generated ids (LongTensor[n], eos included when hit) and what it cost."""
+    """Generated ids (LongTensor[n], eos included when hit), what it cost, and (on request) the
+    logits each id was chosen from (FloatTensor[n, vocab])."""
 
     token_ids: torch.Tensor
     stats: GenerationStats
+    scores: torch.Tensor | None = None
 
 
 def _eos_set(llm: torch.nn.Module, eos_token_id: int | Sequence[int] | None | str) -> set[int]:
@@ -38,10 +40,14 @@ def _eos_set(llm: torch.nn.Module, eos_token_id: int | Sequence[int] | None | st
 def greedy_decode(
     llm: torch.nn.Module, embedder: PromptEmbedder, store: KVStore, logits: torch.Tensor,
     next_slot: int, next_position: int, max_new_tokens: int, eos: set[int],
+    scores: list[torch.Tensor] | None = None,
 ) -> list[int]:
-    """Greedy loop: each new token attends to every stored entry and itself."""
+    """Greedy loop: each new token attends to every stored entry and itself. Appends the logits of
+    every step to ``scores`` when given."""
     out: list[int] = []
     for step in range(max_new_tokens):
+        if scores is not None:
+            scores.append(logits)
         tok = int(torch.argmax(logits))
         out.append(tok)
         if tok in eos or step == max_new_tokens - 1:
@@ -95,6 +101,7 @@ def generate_video(
     dense_chunks: Sequence[int] | None = None,
     visual_embeds: torch.Tensor | None = None,
     block_chunks: int = 2,
+    return_scores: bool = False,
 ) -> GenerationResult:
     """Greedy generation for one video prompt (batch size 1).
 
@@ -105,6 +112,7 @@ def generate_video(
     ``dense_chunks``: precomputed dense chunk ids for bi-level decoding (skips relevance scoring).
     ``eos_token_id``: ``"auto"`` uses the LM config's eos; None never stops early.
     ``block_chunks``: chunks batched per prefill block (execution only; same visibility and result).
+    ``return_scores``: also return the logits of every generated step.
     """
     if layout is None:
         raise ValueError("generate_video needs layout= (token_kind + group_index, e.g. the BuiltSequence)")
@@ -141,7 +149,8 @@ def generate_video(
             part = AttnPart(slice(0, s), (0, next_slot), torch.arange(kept_video, next_slot))
             hidden = forward_block(llm, question, torch.arange(v_end, length), store, kept_video, [part])
             logits = llm.lm_head(hidden[-1])
-        tokens = greedy_decode(llm, embedder, store, logits, next_slot, length, max_new_tokens, eos)
+        scores: list[torch.Tensor] | None = [] if return_scores else None
+        tokens = greedy_decode(llm, embedder, store, logits, next_slot, length, max_new_tokens, eos, scores)
     bpt = store.bytes_per_token()
     stats = GenerationStats(
         prefill=prefill, decode=decode, prompt_tokens=length,
@@ -152,4 +161,5 @@ def generate_video(
         prefill_peak_bytes=pre.peak_bytes, decode_peak_bytes=dec.peak_bytes, memory_method=pre.method,
         dense_chunks=dense,
     )
-    return GenerationResult(torch.tensor(tokens, dtype=torch.long), stats)
+    return GenerationResult(torch.tensor(tokens, dtype=torch.long), stats,
+                            torch.stack(scores) if return_scores else None)
