@@ -61,13 +61,15 @@ def tiny_video():
 def test_full_full_equals_hf_generate_videoxl2(tiny_video) -> None:
     model, built, frames = tiny_video
     res = model.generate(built.input_ids[None], frames, layout=built, prefill="full", decode="full",
-                         max_new_tokens=8, eos_token_id=None)
+                         max_new_tokens=8, eos_token_id=None, return_scores=True)
     assert isinstance(res, GenerationResult)
     with torch.no_grad():
         emb = model.embed_inputs(built.input_ids[None], model.encode_frames(frames))
         ref = model.llm.generate(inputs_embeds=emb, max_new_tokens=8, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0)
-    assert res.token_ids.tolist() == ref[0].tolist()
+                                 pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    assert res.token_ids.tolist() == ref.sequences[0].tolist()
+    ref_scores = torch.cat(ref.scores)
+    assert float((res.scores - ref_scores).abs().max() / ref_scores.abs().max()) <= 1e-4
 
 
 def test_streamed_frames_callable_matches_tensor(tiny_video) -> None:
