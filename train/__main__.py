@@ -5,10 +5,12 @@ Works unchanged under `torchrun` and `deepspeed --no_local_rank` (rank/world com
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from train.config import parse_run_config
+from train.config import ConfigError, parse_run_config
 from train.trainer import train_stage
 
 
@@ -17,8 +19,12 @@ def main(cfg: DictConfig) -> None:
     """Resolve, type-check and run one stage."""
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
-    run = parse_run_config(raw)
-    train_stage(run, raw)
+    try:
+        run = parse_run_config(raw)
+        train_stage(run, raw)
+    except ConfigError as exc:  # a clean one-line message, no traceback: nothing has run yet
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

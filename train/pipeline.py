@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from train.config import STAGES, RunConfig, parse_run_config
+from train.config import STAGES, ConfigError, RunConfig, parse_run_config
 from train.trainer import LoopResult, train_stage
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the stages in order (Hydra overrides follow).")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, in order")
     args, overrides = parser.parse_known_args(argv)
-    run_pipeline([s for s in args.stages.split(",") if s], overrides)
+    try:
+        run_pipeline([s for s in args.stages.split(",") if s], overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
