@@ -27,8 +27,16 @@ def rope_tables(llm: torch.nn.Module, positions: torch.Tensor, like: torch.Tenso
 
 def _key_index(part: AttnPart) -> torch.Tensor:
     if isinstance(part.keys, tuple):
-        return torch.arange(part.keys[0], part.keys[1])
+        return torch.arange(part.keys[0], part.keys[1], device=part.query_index.device)
     return part.keys
+
+
+def _on_device(part: AttnPart, device: torch.device) -> AttnPart:
+    """The part with its index tensors on ``device``."""
+    def move(t):
+        return t.to(device) if isinstance(t, torch.Tensor) else t
+
+    return AttnPart(move(part.rows), move(part.keys), move(part.query_index))
 
 
 def part_mask(part: AttnPart) -> tuple[torch.Tensor | None, bool]:
@@ -37,7 +45,7 @@ def part_mask(part: AttnPart) -> tuple[torch.Tensor | None, bool]:
     if isinstance(part.keys, tuple):
         s, e = part.keys
         nq = q.numel()
-        if s == 0 and nq == e and bool((q == torch.arange(e)).all()):
+        if s == 0 and nq == e and bool((q == torch.arange(e, device=q.device)).all()):
             return None, True
         if e - 1 <= int(q.min()):
             return None, False
@@ -62,7 +70,7 @@ def _attend(
     qg = q.reshape(kvh, -1, q.shape[2])  # heads grouped by their KV head: [KVH, rep * nq, hd]
     scores = torch.matmul(qg, k.transpose(1, 2)).mul_(scale).view(q.shape[0], nq, nk)
     if causal:
-        mask = torch.ones(nq, nk, dtype=torch.bool).tril()
+        mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         scores.masked_fill_(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -105,6 +113,8 @@ def forward_block(
     if x.dim() != 2 or x.shape[0] != positions.numel():
         raise ValueError(f"block embeddings {tuple(x.shape)} do not match {positions.numel()} positions")
     cos, sin = rope_tables(llm, positions, x)
+    if parts and isinstance(parts[0].query_index, torch.Tensor) and parts[0].query_index.device != x.device:
+        parts = [_on_device(p, x.device) for p in parts]
     masks = [part_mask(p) for p in parts]
     for i, layer in enumerate(llm.model.layers):
         x = layer_forward(layer, i, x, cos, sin, store, write_start, parts, masks, recorder)

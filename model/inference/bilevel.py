@@ -44,7 +44,7 @@ def chunk_relevance(
     mass = torch.zeros(n_chunks + 1, dtype=torch.float64)
 
     def record(layer_idx: int, part: AttnPart, probs: torch.Tensor, keys: torch.Tensor) -> None:
-        mass.index_add_(0, bucket[keys], probs.double().sum(dim=(0, 1)))
+        mass.index_add_(0, bucket[keys.cpu()], probs.sum(dim=(0, 1)).double().cpu())
 
     part = AttnPart(slice(0, s), (0, v_end + s), torch.arange(v_end, v_end + s))
     positions = torch.arange(v_end, v_end + s)
@@ -110,6 +110,7 @@ def compact(store: KVStore, dst: torch.Tensor, kept: int, extra_capacity: int) -
     n = dst.numel()
     k0 = store.keys[0]
     out = KVStore(store.num_layers, k0.shape[0], k0.shape[2], kept + extra_capacity, k0.dtype, k0.device)
+    dst = dst.to(k0.device)
     counts = torch.bincount(dst, minlength=kept).to(k0.dtype)[None, :, None]
     for layer in range(store.num_layers):
         for src, tgt in ((store.keys, out.keys), (store.values, out.values)):

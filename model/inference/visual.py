@@ -83,7 +83,8 @@ class PromptEmbedder:
 
     def text(self, ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of text-only ids (decoded tokens)."""
-        return _llm(self.model).get_input_embeddings()(ids)
+        emb = _llm(self.model).get_input_embeddings()
+        return emb(ids.to(emb.weight.device))
 
 
 def _frames_per_group(model: torch.nn.Module) -> int:
@@ -102,12 +103,12 @@ def embed_block(
     if hasattr(model, "embed_inputs"):
         return model.embed_inputs(ids[None], visual)[0]
     x = model.get_input_embeddings()(ids)
-    rows = kind == Kind.VISUAL
+    rows = (kind == Kind.VISUAL).to(x.device)
     n_vis = int(rows.sum())
     got = 0 if visual is None else visual.shape[0] * visual.shape[1]
     if n_vis != got:
         raise ValueError(f"block has {n_vis} VISUAL tokens but {got} visual embeddings")
     if n_vis:
         x = x.clone()
-        x[rows] = visual.reshape(-1, x.shape[-1]).to(x.dtype)
+        x[rows] = visual.reshape(-1, x.shape[-1]).to(device=x.device, dtype=x.dtype)
     return x
