@@ -72,6 +72,7 @@ BAD = [
     (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
     (["+loop.learning_rate=1"], "loop.learning_rate"),
     (["loop.grad_accum=0"], "loop.grad_accum"),
+    (["loop.loader_workers=-1"], "loop.loader_workers"),
     (["stage.schedule.name=linear_decay"], "stage.schedule.name"),
     (["checkpoint.keep_last_k=0"], "checkpoint.keep_last_k"),
     (["preset=huge"], "preset"),

@@ -323,6 +323,8 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
     for name in ("micro_batch_size", "grad_accum", "max_consecutive_nonfinite"):
         if getattr(lp, name) < 1:
             raise ConfigError(f"loop.{name}", "must be >= 1")
+    if lp.loader_workers < 0:
+        raise ConfigError("loop.loader_workers", "must be >= 0 (0 loads in the training process)")
     if lp.grad_clip < 0:
         raise ConfigError("loop.grad_clip", "must be >= 0 (0 disables clipping)")
     if len(lp.adam_betas) != 2:
