@@ -238,7 +238,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                 result.losses.append(metrics["loss"])
                 logger.log(state.step, metrics)
                 last = state.step >= steps_total
-                if _stop_agreed(stop, dev):
+                if not last and _stop_agreed(stop, dev):  # on the last step, finish and export instead
                     save()
                     logger.event("signal_stop", state.step, signal=stop.signum)
                     result.stopped_by_signal = True
