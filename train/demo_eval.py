@@ -1,0 +1,137 @@
+"""Evaluation part of the demo: every bench in every inference mode, and a needle sweep over length.
+
+Uses the `train.evaluate` API per sample (so the demo can show a progress bar) and writes the same
+files as `python -m train.evaluate`: ``<name>.json`` (metrics + settings) and
+``<name>.predictions.jsonl`` (one record per sample).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from train.evaluate import evaluate_sample, load_samples, write_outputs
+
+EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "eval"
+
+
+def flatten(tree: Any, prefix: str = "") -> list[str]:
+    """Nested mapping -> Hydra ``a.b=value`` overrides (lists as ``[x,y]``, None as ``null``)."""
+    if isinstance(tree, DictConfig):
+        tree = OmegaConf.to_container(tree, resolve=True)
+    out: list[str] = []
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(flatten(value, name + "."))
+        else:
+            out.append(f"{name}={hydra_value(value)}")
+    return out
+
+
+def hydra_value(value: Any) -> str:
+    """A plain value written as a Hydra override value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    return str(value)
+
+
+def compose_eval(overrides: list[str]) -> DictConfig:
+    """conf/eval/evaluate.yaml composed with `overrides`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(EVAL_CONF), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=overrides)
+
+
+def mode_overrides(ecfg: DictConfig, mode: str) -> list[str]:
+    """Overrides of one inference mode (`eval.modes[mode]`, plus the sparse knobs)."""
+    spec = ecfg.modes[mode]
+    out = [f"prefill={spec.prefill}", f"decode={spec.decode}"]
+    return out + flatten({"setting": {"inference": OmegaConf.to_container(ecfg.inference)}})
+
+
+def run_bench(ckpt: Path, data: Path, bench: str, mode: str, ecfg: DictConfig, out_dir: Path,
+              extra: list[str], model: Any, tokenizer: Any, name: str | None = None) -> dict[str, Any]:
+    """Evaluate one bench in one mode; returns the metrics dict written to ``<out_dir>/<name>.json``."""
+    name = name or f"{bench}_{mode}"
+    overrides = [f"ckpt={ckpt}", f"data={data}", f"bench={bench}", f"setting={ecfg.setting}",
+                 f"split={ecfg.split}", f"limit={hydra_value(ecfg.limit)}", f"work_dir={out_dir / 'videos' / name}",
+                 f"out={out_dir / (name + '.json')}", "device=cpu",
+                 *flatten(ecfg.overrides), *mode_overrides(ecfg, mode), *extra]
+    cfg = compose_eval(overrides)
+    start = time.perf_counter()
+    samples = load_samples(cfg, Path(str(cfg.work_dir)))
+    records = []
+    with torch.inference_mode():
+        for s in tqdm(samples, desc=f"eval {name}", dynamic_ncols=True, leave=False):
+            records.append(evaluate_sample(model, tokenizer, s, cfg, torch.device("cpu")))
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(settings, dict)
+    settings.update({"world_size": 1, "device_resolved": "cpu", "sampling_base_fps": 1.0, "greedy": True,
+                     "sample_order": [s.sample_id for s in samples]})
+    out = Path(str(cfg.out))
+    return write_outputs(records, settings, out, out.with_name(out.stem + ".predictions.jsonl"),
+                         list(cfg.length_buckets), time.perf_counter() - start)
+
+
+def evaluate_all(ckpt: Path, data: Path, ecfg: DictConfig, out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every bench x mode on the generated split: ``{mode: {bench: metrics}}``."""
+    from model import VideoXL2ForCausalLM, load_tokenizer
+
+    model = VideoXL2ForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(str(ckpt))
+    results: dict[str, dict[str, Any]] = {}
+    for mode in ecfg.modes:
+        results[str(mode)] = {}
+        for bench in ecfg.benches:
+            results[str(mode)][str(bench)] = run_bench(ckpt, data, str(bench), str(mode), ecfg, out_dir, [],
+                                                       model, tokenizer)
+    return results
+
+
+def make_sweep_data(scfg: DictConfig, size: int, root: Path) -> dict[int, Path]:
+    """Needle-only test shards of exactly `frames` 1-fps frames per length: ``{frames: shard dir}``."""
+    from data.synth import SynthConfig, generate
+
+    dirs: dict[int, Path] = {}
+    n = int(scfg.videos_per_length)
+    for frames in scfg.frames:
+        out = root / f"frames_{int(frames)}"
+        if not (out / "manifest.json").is_file():
+            # test takes n of n + 1 videos (the single train video is never read)
+            generate(SynthConfig(out=str(out), videos=n + 1, images=0, seed=int(scfg.seed) + int(frames),
+                                 min_frames=int(frames), max_frames=int(frames), size=size, val_frac=0.0,
+                                 test_frac=n / (n + 1) - 1e-6, needle_prob=1.0, tasks=("needle",)))
+        dirs[int(frames)] = out
+    return dirs
+
+
+def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, size: int, out_dir: Path) -> list[dict[str, Any]]:
+    """Needle accuracy, pair density and KV bytes per video length, in every mode."""
+    from model import VideoXL2ForCausalLM, load_tokenizer
+
+    model = VideoXL2ForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(str(ckpt))
+    rows: list[dict[str, Any]] = []
+    longest = max(int(f) for f in scfg.frames)
+    for frames, data in make_sweep_data(scfg, size, out_dir / "data").items():
+        for mode in ecfg.modes:
+            extra = [f"setting.frames_upbound={longest}", "limit=null"]
+            m = run_bench(ckpt, data, "niah", str(mode), ecfg, out_dir, extra, model, tokenizer,
+                          name=f"niah_{frames}f_{mode}")["metrics"]
+            inf = m["inference"]
+            rows.append({"frames": frames, "mode": str(mode), "accuracy": m["accuracy"], "n": m["n"],
+                         "pair_density": inf.get("pair_density"), "kv_ratio": inf.get("kv_ratio_pooled"),
+                         "kept_kv_bytes": inf.get("kept_kv_bytes"), "full_kv_bytes": inf.get("full_kv_bytes"),
+                         "prompt_tokens": inf.get("prompt_tokens"), "prefill_seconds": inf.get("prefill_seconds")})
+    return rows

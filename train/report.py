@@ -1,0 +1,183 @@
+"""The demo report: ``metrics.json``, PNG plots (matplotlib Agg) and ``report.md``, plus a stdout summary.
+
+Inputs are what the demo produced: stage summaries (with each stage's ``metrics.jsonl``), the
+per-bench evaluation metrics of `train.evaluate` (``{mode: {bench: {"metrics": ...}}}``) and the
+needle sweep rows. Everything in the report is read from those; nothing is recomputed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+GOALS = {"mcq_accuracy": 0.90, "grounding_miou": 0.50, "needle_accuracy": 0.90}
+MAX_GAP_POINTS = 2.0
+
+
+def read_losses(stage_dir: str | Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) of a stage's metrics.jsonl (event records skipped)."""
+    steps, losses = [], []
+    path = Path(stage_dir) / "metrics.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            steps.append(int(rec["step"]))
+            losses.append(float(rec["loss"]))
+    return steps, losses
+
+
+def eval_summary(per_bench: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Headline numbers of one mode: accuracies, grounding mIoU/R@0.5, mean pair density, KV kept ratio."""
+    m = {b: r["metrics"] for b, r in per_bench.items()}
+    out: dict[str, Any] = {}
+    if "mcq" in m:
+        out["mcq_accuracy"] = m["mcq"]["accuracy"]
+    if "grounding" in m:
+        out["grounding_miou"] = m["grounding"]["miou"]
+        out["grounding_R@0.5"] = m["grounding"]["R@0.5"]
+    if "niah" in m:
+        out["needle_accuracy"] = m["niah"]["accuracy"]
+    n = {b: int(v["n"]) for b, v in m.items()}
+    total = sum(n.values())
+    inf = {b: v["inference"] for b, v in m.items()}
+    out["pair_density"] = sum(inf[b]["pair_density"] * n[b] for b in m) / total
+    kept = sum(inf[b]["kept_kv_bytes"] * n[b] for b in m)
+    full = sum(inf[b]["full_kv_bytes"] * n[b] for b in m)
+    out["kv_kept_ratio"] = kept / full
+    out["n"] = n
+    return out
+
+
+def gaps(evals: dict[str, dict[str, Any]], ref: str = "full") -> dict[str, dict[str, float]]:
+    """Per mode other than `ref`: ``ref - mode`` in points (x100) for every headline score."""
+    keys = ("mcq_accuracy", "grounding_miou", "grounding_R@0.5", "needle_accuracy")
+    out: dict[str, dict[str, float]] = {}
+    for mode, s in evals.items():
+        if mode != ref and ref in evals:
+            out[mode] = {k: 100.0 * (evals[ref][k] - s[k]) for k in keys if k in s and k in evals[ref]}
+    return out
+
+
+def goals(evals: dict[str, dict[str, Any]], gap: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Which proof-of-learning goals are met (every mode must meet the score goals)."""
+    out: dict[str, Any] = {}
+    for key, bar in GOALS.items():
+        values = [s[key] for s in evals.values() if key in s]
+        out[key] = {"goal": bar, "worst": min(values) if values else None,
+                    "met": bool(values) and min(values) >= bar}
+    worst_gap = max((abs(v) for g in gap.values() for v in g.values()), default=0.0)
+    out["sparse_gap_points"] = {"goal": MAX_GAP_POINTS, "worst": worst_gap, "met": worst_gap <= MAX_GAP_POINTS}
+    return out
+
+
+def build_metrics(cfg: DictConfig, manifest: dict[str, Any], stages: list[dict[str, Any]],
+                  evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float]) -> dict[str, Any]:
+    """The metrics.json content."""
+    summary = {mode: eval_summary(b) for mode, b in evals.items()}
+    gap = gaps(summary)
+    return {
+        "seed": int(cfg.seed), "data_seed": int(cfg.data.seed),
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "data": {s: {k: v for k, v in info.items() if k != "shards"} for s, info in manifest["splits"].items()},
+        "stages": stages, "eval": summary, "gap_points": gap, "goals": goals(summary, gap),
+        "eval_detail": {mode: {b: r["metrics"] for b, r in per.items()} for mode, per in evals.items()},
+        "sweep": sweep, "wall_s": walls,
+    }
+
+
+def write_report(out: Path, cfg: DictConfig, manifest: dict[str, Any], stages: list[dict[str, Any]],
+                 evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float]) -> dict[str, Any]:
+    """Write metrics.json, the plots and report.md under `out`; returns the metrics."""
+    from train.report_plots import plot_all
+
+    metrics = build_metrics(cfg, manifest, stages, evals, sweep, walls)
+    metrics["plots"] = plot_all(out, metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(metrics), encoding="utf-8")
+    return metrics
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100.0 * v:.1f}%"
+
+
+def stage_table(stages: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of the stages table."""
+    rows = ["| stage | steps | batch | frames ≤ | trainable | lr | first loss | final loss | wall s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for s in stages:
+        lrs = ", ".join(f"{k} {v:g}" for k, v in s["lr"].items())
+        rows.append(f"| {s['stage']} | {s['steps']} | {s['batch']} | {s['frames_upbound']} | "
+                    f"{', '.join(s['trainable'])} | {lrs} | {_f(s['first_loss'])} | {_f(s['final_loss'])} | "
+                    f"{s['wall_s']:.1f} |")
+    return rows
+
+
+def eval_table(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows of the evaluation table (one row per inference mode)."""
+    rows = ["| mode | MCQ acc | grounding mIoU | grounding R@0.5 | needle acc | mean pair density | KV kept ratio |",
+            "|---|---|---|---|---|---|---|"]
+    for mode, s in evals.items():
+        rows.append(f"| {mode} | {_pct(s.get('mcq_accuracy'))} | {_f(s.get('grounding_miou'))} | "
+                    f"{_pct(s.get('grounding_R@0.5'))} | {_pct(s.get('needle_accuracy'))} | "
+                    f"{_f(s['pair_density'])} | {_f(s['kv_kept_ratio'])} |")
+    return rows
+
+
+def sweep_table(sweep: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of the needle sweep (one row per length and mode)."""
+    rows = ["| frames | mode | needle acc | n | prompt tokens | pair density | KV kept / full bytes | prefill s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in sweep:
+        rows.append(f"| {r['frames']} | {r['mode']} | {_pct(r['accuracy'])} | {r['n']} | {_f(r['prompt_tokens'], 0)} | "
+                    f"{_f(r['pair_density'])} | {_f(r['kept_kv_bytes'], 0)} / {_f(r['full_kv_bytes'], 0)} | "
+                    f"{_f(r['prefill_seconds'])} |")
+    return rows
+
+
+def render_markdown(m: dict[str, Any]) -> str:
+    """report.md text."""
+    s = m["settings"]
+    lines = ["# Video-XL-2 tiny demo: four stages, evaluation, efficiency", "",
+             f"Seed **{m['seed']}** (training), data seed **{m['data_seed']}**, model preset `{s['model']}`, "
+             f"total wall {m['wall_s']['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in m["wall_s"].items()
+                                                          if k != "total") + ").", "",
+             "## Data (generated, data.synth)", "", "| split | videos | images | samples | tasks |", "|---|---|---|---|---|"]
+    for split, info in m["data"].items():
+        lines.append(f"| {split} | {info['videos']} | {info['images']} | {info['samples']} | {info['tasks']} |")
+    lines += ["", f"Videos of {s['data']['min_frames']}–{s['data']['max_frames']} frames at 1 fps, "
+              f"{s['data']['size']}×{s['data']['size']} px; each video yields caption, MCQ, grounding and (when it "
+              "has one) needle samples; splits never share a video.", "",
+              "## Training stages", "", *stage_table(m["stages"]), "", "![loss curves](loss_curves.png)", "",
+              "## Evaluation on the held-out test split", "",
+              "`full`: full attention prefill and full KV decoding; `sparse`: chunked prefill + bi-level decoding "
+              f"(inference knobs {s['eval']['inference']}).", "", *eval_table(m["eval"]), "",
+              "Gap full − sparse (points): " + "; ".join(
+                  f"{mode}: " + ", ".join(f"{k} {v:+.1f}" for k, v in g.items()) for mode, g in m["gap_points"].items()),
+              "", "| goal | bar | worst over modes | met |", "|---|---|---|---|"]
+    for key, g in m["goals"].items():
+        lines.append(f"| {key} | {g['goal']} | {_f(g['worst'])} | {'yes' if g['met'] else 'no'} |")
+    lines += ["", "![accuracy by video length](accuracy_by_length.png)", "",
+              "## Needle sweep over video length (longer than any training video)", "",
+              *sweep_table(m["sweep"]), "", "![KV bytes and pair density vs frames](efficiency_vs_frames.png)", "",
+              "Files: `metrics.json` (all numbers above), `eval/*.json` + `eval/*.predictions.jsonl` (per-sample "
+              "records), `runs/<stage>/metrics.jsonl` (per-step training metrics), `runs/<stage>/export/`.", ""]
+    return "\n".join(lines)
+
+
+def print_summary(m: dict[str, Any]) -> None:
+    """Short summary table on stdout."""
+    print("\n" + "\n".join(stage_table(m["stages"])))
+    print("\n" + "\n".join(eval_table(m["eval"])))
+    for key, g in m["goals"].items():
+        print(f"  {key:<18} worst {_f(g['worst'])}  goal {g['goal']}  {'met' if g['met'] else 'NOT met'}")
+    print(f"seed {m['seed']} (data seed {m['data_seed']}); wall: "
+          + ", ".join(f"{k} {v:.0f}s" for k, v in m["wall_s"].items()))
+    print(f"report: {Path(m['settings']['out']) / 'report.md'}")
