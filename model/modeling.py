@@ -195,10 +195,10 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
 
 
     def generate(self, input_ids: torch.Tensor | None = None, pixel_values=None, **kwargs):
-        """With frames (`pixel_values` tensor or frame callable) or a `layout`, forwards to
+        """With frames (`pixel_values` tensor or frame callable), `visual_embeds` or a `layout`, forwards to
         `model.inference.generate_video` (returns its GenerationResult); otherwise plain text generation."""
         no_frames = pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.numel() == 0)
-        if not no_frames or "layout" in kwargs:
+        if not no_frames or "layout" in kwargs or "visual_embeds" in kwargs:
             from .inference import generate_video
 
             return generate_video(self, input_ids, None if no_frames else pixel_values, **kwargs)
