@@ -46,8 +46,10 @@ def test_every_config_composes_and_validates(model: str, stage: str, ds: str) ->
         assert run.stage.name == stage
         check_run(run, check_paths=False)
         if model == "tiny":
-            for preset in run.stage.presets:
-                check_run(parse_run_config({**raw, "preset": preset}), check_paths=False)
+            for preset in names("preset"):
+                tuned = parse_run_config(composed([f"model={model}", f"stage={stage}", f"deepspeed={ds}",
+                                                   f"data={data}", f"preset={preset}"]))
+                check_run(tuned, check_paths=False)
 
 
 def test_stage_recipes_declare_the_mission_order() -> None:
@@ -75,7 +77,6 @@ BAD = [
     (["loop.loader_workers=-1"], "loop.loader_workers"),
     (["stage.schedule.name=linear_decay"], "stage.schedule.name"),
     (["checkpoint.keep_last_k=0"], "checkpoint.keep_last_k"),
-    (["preset=huge"], "preset"),
     (["loop.micro_batch_size=two"], "loop.micro_batch_size"),
 ]
 
@@ -87,6 +88,21 @@ def test_bad_config_names_field(overrides: list[str], field: str) -> None:
         check_run(run, check_paths=False)
     assert err.value.field == field
     assert str(err.value).startswith(field)
+
+
+def test_preset_overlays_stage_and_command_line_wins() -> None:
+    """preset=tiny merges conf/stage_preset/tiny_<stage>.yaml under explicit overrides."""
+    plain = parse_run_config(composed(["stage=sft"])).stage
+    tiny = parse_run_config(composed(["stage=sft", "preset=tiny"])).stage
+    assert tiny.steps != plain.steps and tiny.lr["llm"] != plain.lr["llm"]
+    both = parse_run_config(composed(["stage=sft", "preset=tiny", "stage.steps=7", "stage.lr.llm=0.5"])).stage
+    assert both.steps == 7 and both.lr["llm"] == 0.5
+    assert both.lr["dts"] == tiny.lr["dts"]
+
+
+def test_unknown_preset_is_rejected() -> None:
+    with pytest.raises(Exception, match="preset"):
+        composed(["preset=huge"])
 
 
 def test_frames_bound_follows_model_tokens() -> None:

@@ -77,7 +77,6 @@ class StageConfig:
     epochs: float | None = None
     init_from: str | None = None
     masking: MaskingConfig = field(default_factory=MaskingConfig)
-    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,7 +139,6 @@ class RunConfig:
     output_root: str = "outputs"
     output_dir: str = "outputs/run"
     tokenizer: str | None = None
-    preset: str | None = None
     seed: int = 1234
 
 
@@ -221,24 +219,10 @@ def _build(cls: type, raw: dict[str, Any], path: str) -> Any:
 
 
 def parse_run_config(raw: dict[str, Any]) -> RunConfig:
-    """Build a `RunConfig` from a resolved plain mapping; the stage preset (if any) is applied."""
+    """Build a `RunConfig` from a resolved plain mapping (presets were merged by Hydra's defaults list)."""
     raw = dict(raw)
     raw.pop("hydra", None)
     run: RunConfig = _build(RunConfig, raw, "")
-    if run.preset is not None:
-        overrides = run.stage.presets.get(run.preset)
-        if overrides is None:
-            raise ConfigError("preset", f"stage {run.stage.name!r} has no preset {run.preset!r} "
-                                        f"(has: {sorted(run.stage.presets)})")
-        stage_raw = dataclasses.asdict(run.stage)
-        for key, value in overrides.items():
-            if key not in stage_raw:
-                raise ConfigError(f"stage.presets.{run.preset}.{key}", "unknown stage field")
-            if isinstance(value, dict) and isinstance(stage_raw[key], dict):
-                stage_raw[key] = {**stage_raw[key], **value}
-            else:
-                stage_raw[key] = value
-        run.stage = _build(StageConfig, stage_raw, "stage")
     return run
 
 

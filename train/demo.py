@@ -40,7 +40,11 @@ def generate_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Generate the dataset into `out` (reused when its manifest matches the requested settings)."""
     from data.synth import SynthConfig, generate
 
-    synth = SynthConfig(out=str(out), **OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
+    args = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(args, dict)
+    if "tasks" in args:
+        args["tasks"] = tuple(args["tasks"])
+    synth = SynthConfig(out=str(out), **args)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -54,7 +58,7 @@ def generate_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def stage_overrides(cfg: DictConfig, stage: str, out: Path) -> list[str]:
     """Hydra overrides of conf/config.yaml for one stage of the demo."""
     base = [f"model={cfg.model}", "data=synth", f"data.root={out / 'data'}", f"output_root={out / 'runs'}",
-            f"seed={cfg.seed}", "preset=null", *[str(g) for g in cfg.groups]]
+            f"seed={cfg.seed}", "preset=none", *[str(g) for g in cfg.groups]]
     return base + flatten(cfg.common) + flatten(cfg.stages[stage])
 
 
