@@ -1,15 +1,15 @@
 """Install the Video-XL-2 training framework (packages: model, data, train)."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="videoxl2-train",
     version="0.1.0",
     description="Staged training and long-video inference for Video-XL-2-family models",
     python_requires=">=3.10",
-    packages=find_packages(include=["model", "model.*", "data", "data.*", "train", "train.*"]),
-    package_data={"model": ["assets/**/*"], "": ["*.yaml"]},
-    include_package_data=True,
+    # Editable installs (`make install`) read the Hydra configs from the checkout's conf/.
+    packages=find_namespace_packages(include=["model", "model.*", "data", "data.*", "train", "train.*"]),
+    package_data={"model.assets.tiny_tokenizer": ["*.json", "*.jinja"]},
     install_requires=[
         "torch==2.13.0",
         "deepspeed==0.19.8",
