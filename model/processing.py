@@ -45,7 +45,8 @@ def preprocess_frames(
     out = torch.empty((n, 3, size, size), dtype=torch.float32)
     src = torch.from_numpy(np.ascontiguousarray(frames))
     for start in range(0, n, _CHUNK_FRAMES):
-        chunk = src[start:start + _CHUNK_FRAMES].permute(0, 3, 1, 2).to(torch.float32)
+        # convert while contiguous (NHWC), then view as NCHW: a strided uint8 -> float copy is slow
+        chunk = src[start:start + _CHUNK_FRAMES].to(torch.float32).permute(0, 3, 1, 2)
         if (h, w) != (size, size):
             # antialias=True selects the PIL-compatible bicubic kernel (a = -0.5) in both directions
             chunk = F.interpolate(chunk, size=(size, size), mode="bicubic", align_corners=False,
