@@ -1,6 +1,6 @@
 """Test utility: the dense-masked reference for chunked prefill.
 
-Builds the full T×T visibility matrix token by token from the spec's rules (independently of
+Builds the full T×T visibility matrix token by token from the visibility rules (independently of
 ``model.inference.layout``) and runs it through the stock transformers Qwen2 forward as a 4-D
 additive mask, returning logits and the per-layer post-RoPE keys/values from its cache.
 """

@@ -192,7 +192,7 @@ def test_7b_param_count_matches_published() -> None:
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - PUBLISHED_PARAMS_7B) / PUBLISHED_PARAMS_7B < 0.005
     dts = sum(p.numel() for p in model.dts.parameters())
-    assert abs(dts - 93.5e6) / 93.5e6 < 0.01  # spec: DTS ~93.5M
+    assert abs(dts - 93.5e6) / 93.5e6 < 0.01  # released DTS: ~93.5M parameters
 
 
 def test_encode_frames_matches_stepwise_reference(tiny: VideoXL2ForCausalLM) -> None:

@@ -130,14 +130,15 @@ def generate_video(
     else:
         blocks = iter_chunked_plan(layout, chunk_groups, prev_chunks, not bilevel, block_chunks)
     dense: list[int] | None = None
-    with PeakMemory() as pre:
+    device = next(llm.parameters()).device
+    with PeakMemory(device) as pre:
         res = run_prefill(llm, blocks, embedder, capacity=length + max_new_tokens)
     store, logits, kept, next_slot = res.store, res.last_logits, length, length
     # the question sees every earlier token (it is scored over the full cache in bilevel mode)
     pairs = res.pairs + (s * v_end + causal_pairs(s) if bilevel else 0)
     del res
     eos = _eos_set(llm, eos_token_id)
-    with PeakMemory() as dec:
+    with PeakMemory(device) as dec:
         if bilevel:
             question = embedder(v_end, length)
             n_chunks = layout.num_chunks(chunk_groups)

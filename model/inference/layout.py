@@ -1,6 +1,6 @@
 """Parse a token layout (token_kind + group_index) into spans, chunks and attention plans.
 
-The visibility rules (spec "Chunk-based prefill"):
+The visibility rules of chunk-based prefill (as in the released Video-XL-2 evaluation):
 - prefix (everything before the first timestamp/visual token: system turn and the user-turn text
   before the video) is global: every later token sees it;
 - a timestamp token sees everything before it and is seen by every later token;
@@ -18,19 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import IntEnum
 
 import torch
 
+from model.sequence import TokenKind
 
-class Kind(IntEnum):
-    """Token kinds, numerically identical to ``model.sequence.TokenKind``."""
-
-    TEXT = 0
-    SYSTEM = 1
-    TIMESTAMP = 2
-    VISUAL = 3
-    QUESTION = 4
+Kind = TokenKind  # token kinds as written by model.sequence.build_sequence
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import resource
 import time
 from dataclasses import asdict, dataclass
 
+import torch
+
 
 @dataclass
 class GenerationStats:
@@ -57,9 +59,12 @@ def _status_kib(field: str) -> int | None:
 
 
 class PeakMemory:
-    """Context manager measuring the RSS high-water delta, wall and CPU time of a phase."""
+    """Context manager measuring a phase's wall and CPU time and its memory high-water delta: device
+    memory (`torch.cuda.max_memory_allocated`) when `device` is a CUDA device, else host RSS."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.cuda = device is not None and device.type == "cuda"
+        self.device = device
         self.peak_bytes = 0
         self.seconds = 0.0
         self.cpu_seconds = 0.0
@@ -69,6 +74,14 @@ class PeakMemory:
         self._c0 = 0.0
 
     def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            self.method = "torch.cuda.max_memory_allocated"
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start_rss = torch.cuda.memory_allocated(self.device)
+            self._t0 = time.perf_counter()
+            self._c0 = time.process_time()
+            return self
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -84,8 +97,13 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self._t0
         self.cpu_seconds = time.process_time() - self._c0
+        if self.cuda:
+            self.peak_bytes = max(0, torch.cuda.max_memory_allocated(self.device) - self._start_rss)
+            return
         if self.method.startswith("VmHWM"):
             peak = _status_kib("VmHWM") or self._start_rss
         else:
