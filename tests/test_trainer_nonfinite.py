@@ -59,7 +59,7 @@ def worker(out_dir: Path, nan_calls: set[int], steps: int) -> None:
             yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
                    "pixel_values": torch.randn(8, 3, cfg.image_size, cfg.image_size, generator=g)}
 
-    loop = StepLoop(engine, dist, torch.device("cpu"), steps, 2, 3, cfg.vision_pad_token_id, None, 1.0)
+    loop = StepLoop(engine, dist, torch.device("cpu"), 2, 3, cfg.vision_pad_token_id, None, 1.0)
     state, losses, error = LoopState(), [], None
     it = batches()
     try:

@@ -107,7 +107,7 @@ def batches(flags: list[bool]) -> list[dict[str, torch.Tensor]]:
 
 
 def make_loop(engine: PlainEngine, accum: int, max_bad: int) -> StepLoop:
-    return StepLoop(engine, DistEnv(0, 1, 0), torch.device("cpu"), total_steps=10, grad_accum=accum,
+    return StepLoop(engine, DistEnv(0, 1, 0), torch.device("cpu"), grad_accum=accum,
                     max_consecutive_nonfinite=max_bad, vision_pad_token_id=7, flops=None,
                     peak_flops_per_device=1.0)
 
@@ -137,6 +137,58 @@ def test_consecutive_nonfinite_stops_with_clear_error() -> None:
     loop.one_step(it, state, {})
     loop.one_step(it, state, {})  # the run of NaNs was broken by a finite batch
     assert state.step == 2 and state.nonfinite_total == 4
+
+
+def test_exhausted_batches_raise_naming_the_rank() -> None:
+    loop = StepLoop(PlainEngine(Regress()), DistEnv(3, 4, 3), torch.device("cpu"), grad_accum=2,
+                    max_consecutive_nonfinite=3, vision_pad_token_id=7, flops=None, peak_flops_per_device=1.0)
+    with pytest.raises(RuntimeError, match="rank 3: the train split's batch iterator ended"):
+        loop.one_step(iter(batches([False])), LoopState(), {})
+
+
+def test_one_step_reduces_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import train.trainer as trainer
+
+    calls: list[int] = []
+
+    def counting_sum(values: list[float], dev: torch.device) -> list[float]:
+        calls.append(len(values))
+        return list(values)
+
+    monkeypatch.setattr(trainer, "all_reduce_sum", counting_sum)
+    metrics = make_loop(PlainEngine(Regress()), accum=2, max_bad=3).one_step(
+        iter(batches([False, False])), LoopState(), {})
+    assert len(calls) == 1 and math.isfinite(metrics["loss"])
+
+
+def test_init_distributed_selects_the_local_rank_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepspeed
+    import deepspeed.accelerator
+
+    from train.engine import init_distributed
+
+    class FakeAccelerator:
+        def __init__(self) -> None:
+            self.selected: list[int] = []
+
+        def device_name(self) -> str:
+            return "cuda"
+
+        def set_device(self, index: int) -> None:
+            self.selected.append(index)
+
+        def communication_backend_name(self) -> str:
+            return "nccl"
+
+    fake = FakeAccelerator()
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: fake)
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda **_: None)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    init_distributed(DistEnv(rank=5, world_size=8, local_rank=1))
+    assert fake.selected == [1]
 
 
 def test_rng_state_round_trip() -> None:

@@ -35,11 +35,16 @@ def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
 
 
 def init_distributed(dist_env: DistEnv) -> None:
-    """Initialise torch.distributed through DeepSpeed (nccl on GPUs, gloo on CPU).
+    """Select this rank's accelerator device, then initialise torch.distributed through DeepSpeed
+    (nccl on GPUs, gloo on CPU).
 
-    A lone process without a launcher gets a local rendezvous so the same code path runs.
+    `deepspeed.init_distributed` does not select a device, so without `select_device` every rank
+    of a node would allocate on device 0. A lone process without a launcher gets a local
+    rendezvous so the same code path runs.
     """
     import deepspeed
+
+    select_device(dist_env.local_rank)
 
     os.environ.setdefault("RANK", str(dist_env.rank))
     os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
@@ -67,14 +72,13 @@ def _backend() -> str:
     return get_accelerator().communication_backend_name()
 
 
-def device() -> torch.device:
-    """The accelerator device DeepSpeed selected for this process."""
+def select_device(local_rank: int) -> None:
+    """Make device `local_rank` this process's current accelerator device (no-op on CPU)."""
     from deepspeed.accelerator import get_accelerator
 
-    name = get_accelerator().device_name()
-    if name == "cpu":
-        return torch.device("cpu")
-    return torch.device(name, get_accelerator().current_device())
+    accelerator = get_accelerator()
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(local_rank)
 
 
 def deepspeed_config(ds: DeepSpeedConfig, loop: LoopConfig) -> dict[str, Any]:

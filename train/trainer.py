@@ -70,18 +70,18 @@ class StepLoop:
     """Optimizer steps over a batch iterator with a DeepSpeed engine (generic in the module).
 
     One optimizer step = `grad_accum` finite micro-batches. A micro-batch whose loss is non-finite
-    on any rank is dropped on all ranks (no backward, no engine step) and counted; more than
-    `max_consecutive_nonfinite` in a row raises `NonFiniteLossError`.
+    on any rank is dropped on all ranks (no backward, no engine step) and counted; the
+    `max_consecutive_nonfinite`-th in a row raises `NonFiniteLossError`. A batch iterator that runs
+    dry raises `RuntimeError` naming the rank (the loader loops, so this means it broke).
     """
 
-    def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, total_steps: int, grad_accum: int,
+    def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, grad_accum: int,
                  max_consecutive_nonfinite: int, vision_pad_token_id: int | None,
                  flops: FlopModel | None, peak_flops_per_device: float,
                  skip_reasons: tuple[str, ...] = ()) -> None:
         self.engine = engine
         self.dist = dist
         self.dev = dev
-        self.total_steps = total_steps
         self.grad_accum = grad_accum
         self.max_nonfinite = max_consecutive_nonfinite
         self.vision_pad = vision_pad_token_id
@@ -107,7 +107,13 @@ class StepLoop:
         local = {"samples": 0.0, "tokens": 0.0, "visual_tokens": 0.0, "frames": 0.0, "seq_sq": 0.0}
         while done < self.grad_accum:
             with torch.random.fork_rng(devices=[]):  # data fetching never shifts the training RNG
-                batch = next(batches)  # (a DataLoader draws its base seed when it starts)
+                try:  # (a DataLoader draws its base seed when it starts)
+                    batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"rank {self.dist.rank}: the train split's batch iterator ended at step {state.step} "
+                        f"(micro-batch {state.micro_batches}); the other ranks would wait forever in "
+                        "the next all-reduce") from None
             inputs = _batch_tensors(batch, self.dev)
             loss = self.engine(**inputs)
             bad = all_reduce_max(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, self.dev)
@@ -134,9 +140,9 @@ class StepLoop:
             if self.vision_pad is not None:
                 local["visual_tokens"] += float((ids == self.vision_pad).sum())
         keys = list(local)
-        reduced = dict(zip(keys, all_reduce_sum([local[k] for k in keys] + [loss_sum], self.dev)[:-1],
-                           strict=True))
-        loss_mean = all_reduce_sum([loss_sum], self.dev)[0] / (self.grad_accum * self.dist.world_size)
+        *sums, loss_total = all_reduce_sum([local[k] for k in keys] + [loss_sum], self.dev)
+        reduced = dict(zip(keys, sums, strict=True))
+        loss_mean = loss_total / (self.grad_accum * self.dist.world_size)
         reasons = sorted(set(self.skip_reasons) | set(skipped))  # same keys, same order on every rank
         skipped_total = all_reduce_sum([float(skipped.get(r, 0)) for r in reasons], self.dev) if reasons else []
         dt = time.perf_counter() - t0
@@ -172,7 +178,7 @@ def _stop_agreed(stop: StopRequest, dev: torch.device) -> bool:
 def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     """Run one stage end to end; see the module docstring."""
     from train import build, export
-    from train.engine import build_engine, deepspeed_config, device, init_distributed, read_dist_env
+    from train.engine import build_engine, deepspeed_config, init_distributed, read_dist_env
     from train.logging_utils import flop_model_for, resolve_wandb_mode
     from train.optim import build_optimizer, build_schedule, param_groups
 
@@ -183,8 +189,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     resume_path = ckpt.resolve_resume(run.checkpoint.resume, ckpt_root)
     steps_total = build.total_steps(run, dist.world_size)
 
-    init_distributed(dist)
-    dev = device()
+    init_distributed(dist)  # also selects this rank's device (LOCAL_RANK)
     seed_everything(run.seed)  # identical initial weights on every rank
     parts = build.build_train_module(run, model_cfg)
     module = parts.train_module
@@ -195,6 +200,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     schedule = build_schedule(run.stage.schedule, steps_total)
     engine = build_engine(module, optimizer, schedule, deepspeed_config(run.deepspeed, run.loop))
     engine.train()
+    dev = torch.device(engine.device)  # where DeepSpeed put this rank's module
 
     from data.faults import REASONS
     from data.loader import build_loader
@@ -219,7 +225,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                            resolve_wandb_mode(run.logging.wandb_mode), run.logging.wandb_project,
                            run.logging.run_name or _run_name(run.stage.name, out_dir), raw_config,
                            run.logging.every_steps, run.logging.tqdm)
-    step_loop = StepLoop(engine, dist, dev, steps_total, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
+    step_loop = StepLoop(engine, dist, dev, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
                          run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS)
     result = LoopResult(state=state)
