@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 VIDEO_KEYS: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov")
 IMAGE_KEYS: tuple[str, ...] = ("png", "jpg", "jpeg")
@@ -40,13 +40,15 @@ def _split_name(fname: str) -> tuple[str | None, str | None]:
 
 
 def iter_shard(path: str) -> Iterator[RawSample]:
-    """Yield the samples of one tar shard, reading only the bytes of known keys.
+    """Yield the samples of one tar shard in stored order, reading only the bytes of known keys.
 
-    Unknown members are skipped by the tar reader (their bytes are never read) and listed in
+    Members are grouped by key (consecutive members sharing a key form one sample, each key yielded
+    once). Unknown members are skipped by the tar reader (their bytes are never read) and listed in
     ``RawSample.ignored``; a sample made only of unknown members is yielded with no members.
-    Damaged tar data raises one of :data:`SHARD_READ_ERRORS` from this generator.
+    Damaged tar data raises one of :data:`SHARD_READ_ERRORS` from this generator; a key holding the
+    same known member twice raises ``ValueError`` naming the shard and the member.
     """
-    pending: dict[str, list[str]] = {}
+    skipped: list[tuple[str, str, bytes | None]] = []  # unknown members met since the last known one
 
     def select(fname: str) -> bool:
         prefix, suffix = _split_name(fname)
@@ -54,23 +56,37 @@ def iter_shard(path: str) -> Iterator[RawSample]:
             return False
         if suffix in KNOWN_KEYS:
             return True
-        pending.setdefault(prefix, []).append(suffix)
+        skipped.append((prefix, suffix, None))
         return False
 
     def reraise(exn: BaseException) -> bool:
         raise exn
 
+    def members(stream: io.BufferedReader) -> Iterator[tuple[str, str, bytes | None]]:
+        """(key, suffix, bytes or None for an unknown member) of every member, in tar order."""
+        for f in tar_file_iterator(stream, handler=reraise, select_files=select):
+            yield from skipped  # the unknown members stored before this known one
+            skipped.clear()
+            prefix, suffix = _split_name(str(f["fname"]))
+            assert prefix is not None and suffix is not None  # select() lets only known keys through
+            yield prefix, suffix, f["data"]
+        yield from skipped
+
+    current: RawSample | None = None
     with open(path, "rb") as stream:
-        files = tar_file_iterator(stream, handler=reraise, select_files=select)
-        tagged = ({**f, "__url__": path} for f in files)
-        for sample in group_by_keys(tagged, handler=reraise):
-            key = str(sample["__key__"])
-            for orphan in [k for k in pending if k != key]:
-                yield RawSample(key=orphan, shard=path, ignored=pending.pop(orphan))
-            members = {k: v for k, v in sample.items() if k in KNOWN_KEYS}
-            yield RawSample(key=key, shard=path, members=members, ignored=pending.pop(key, []))
-        for orphan in list(pending):
-            yield RawSample(key=orphan, shard=path, ignored=pending.pop(orphan))
+        for key, suffix, data in members(stream):
+            if current is None or current.key != key:
+                if current is not None:
+                    yield current
+                current = RawSample(key=key, shard=path)
+            if data is None:
+                current.ignored.append(suffix)
+            elif suffix in current.members:
+                raise ValueError(f"{path}: sample {key!r} holds member .{suffix} twice")
+            else:
+                current.members[suffix] = data
+    if current is not None:
+        yield current
 
 
 def iter_shard_keys(path: str) -> Iterator[str]:
@@ -146,5 +162,18 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def abort(self) -> None:
+        """Close and delete the shard being written (finished shards stay)."""
+        if self._tar is not None:
+            self._tar.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self.shards.pop()
+        self._tar, self._tmp = None, None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Finish the last shard, or on an exception discard it so no partial shard gets a final name."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -162,3 +162,33 @@ def test_fault_counter_logs_once_and_hands_out_deltas(caplog: pytest.LogCaptureF
     assert len(caplog.records) == 2
     with pytest.raises(ValueError, match="unknown fault reason"):
         counter.add("no_such_reason", "x")
+
+
+def test_unknown_member_sorting_first_does_not_split_its_sample(tmp_path: Path) -> None:
+    """Each key is yielded once, in stored order, even when an unknown member comes before known ones."""
+    path = tmp_path / "order.tar"
+    raw_tar(path, [("a.json", rec("a")), ("b.cls", b"x"), ("b.json", rec("b")), ("c.pyd", b"p"),
+                   ("d.json", rec("d")), ("d.zzz", b"z")])
+    samples = list(iter_shard(str(path)))
+    assert [s.key for s in samples] == ["a", "b", "c", "d"]
+    assert [sorted(s.members) for s in samples] == [["json"], ["json"], [], ["json"]]
+    assert [s.ignored for s in samples] == [[], ["cls"], ["pyd"], ["zzz"]]
+
+
+def test_loader_counts_no_phantom_sample_for_leading_unknown_member(tmp_path: Path) -> None:
+    raw_tar(tmp_path / "part-000.tar", [("a.json", rec("a")), ("b.cls", b"x"), ("b.json", rec("b"))])
+    cfg = {"root": str(tmp_path), "val": [{"shards": "part-*.tar"}], "shuffle_buffer": 1}
+    loader = build_loader(cfg, load_tokenizer("tiny"), build_preset("tiny"), split="val", batch_size=1,
+                          num_workers=0)
+    assert [s for b in loader for s in b["sample_ids"]] == ["a", "b"]
+    assert {k: v for k, v in loader.skipped.items() if v} == {"unknown_key": 1}
+
+
+def test_shard_writer_drops_the_partial_shard_on_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), ShardWriter(tmp_path, 2, prefix="part") as writer:
+        for i in range(3):
+            writer.write(f"k{i}", {"json": rec(f"k{i}")})
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-000000.tar"]  # finished shard kept, no .tmp
+    assert writer.shards == [str(tmp_path / "part-000000.tar")]
+    assert [s.key for s in iter_shard(str(tmp_path / "part-000000.tar"))] == ["k0", "k1"]
