@@ -2,7 +2,7 @@
 
 A broken sample is skipped and counted under one reason; the first occurrence of each reason is
 logged (once per process). Counts travel from loader workers to the main process as deltas
-(:meth:`FaultCounter.take_delta`), where :meth:`merge` aggregates them.
+(:meth:`FaultCounter.take_delta`), where :func:`merge_counts` aggregates them.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.faults import SampleFault
+from data.faults import BAD_JSON, BAD_RECORD, MISSING_KEY, MISSING_MEDIA, SampleFault
 from data.sampling import VideoBytes, read_image
 from data.shards import IMAGE_KEYS, VIDEO_KEYS, ShardWriter
 
@@ -60,7 +60,7 @@ def read_annotations(path: str) -> Iterator[tuple[int, Any]]:
             try:
                 yield i, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield i, SampleFault("bad_json", f"line {i + 1}: {exc}")
+                yield i, SampleFault(BAD_JSON, f"line {i + 1}: {exc}")
         return
     try:
         data = json.loads(text)
@@ -74,22 +74,22 @@ def read_annotations(path: str) -> Iterator[tuple[int, Any]]:
 def _check_record(rec: Any) -> tuple[str, str]:
     """(media field, relative path) of a usable record; raises SampleFault otherwise."""
     if not isinstance(rec, dict):
-        raise SampleFault("bad_json", f"record is {type(rec).__name__}, expected an object")
+        raise SampleFault(BAD_JSON, f"record is {type(rec).__name__}, expected an object")
     for key in ("id", "conversations"):
         if key not in rec:
-            raise SampleFault("missing_key", f"missing field {key!r}")
+            raise SampleFault(MISSING_KEY, f"missing field {key!r}")
     if not isinstance(rec["conversations"], list) or not rec["conversations"]:
-        raise SampleFault("bad_record", "field 'conversations' must be a non-empty list")
+        raise SampleFault(BAD_RECORD, "field 'conversations' must be a non-empty list")
     media = [k for k in ("video", "image") if k in rec]
     if len(media) != 1:
-        raise SampleFault("missing_key" if not media else "bad_record",
+        raise SampleFault(MISSING_KEY if not media else BAD_RECORD,
                           "needs exactly one of 'video' / 'image'")
     rel = rec[media[0]]
     if not isinstance(rel, str) or not rel:
-        raise SampleFault("bad_record", f"field {media[0]!r} must be a path string")
+        raise SampleFault(BAD_RECORD, f"field {media[0]!r} must be a path string")
     scale = rec.get("scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0):
-        raise SampleFault("bad_record", f"field 'scale' must be a number > 0, got {scale!r}")
+        raise SampleFault(BAD_RECORD, f"field 'scale' must be a number > 0, got {scale!r}")
     return media[0], rel
 
 
@@ -97,13 +97,13 @@ def _load_media(kind: str, path: Path, where: str) -> tuple[str, bytes]:
     ext = path.suffix.lower().lstrip(".")
     allowed = VIDEO_KEYS if kind == "video" else IMAGE_KEYS
     if ext not in allowed:
-        raise SampleFault("bad_record", f"{kind} extension {ext!r} not in {list(allowed)}")
+        raise SampleFault(BAD_RECORD, f"{kind} extension {ext!r} not in {list(allowed)}")
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise SampleFault("missing_media", f"no such file {path}") from exc
+        raise SampleFault(MISSING_MEDIA, f"no such file {path}") from exc
     except IsADirectoryError as exc:
-        raise SampleFault("missing_media", f"{path} is a directory") from exc
+        raise SampleFault(MISSING_MEDIA, f"{path} is a directory") from exc
     if kind == "video":
         VideoBytes(data, where)  # opens the container: raises SampleFault when unreadable
     else:

@@ -197,11 +197,12 @@ def _select_keys(shards: tuple[str, ...], strategy: Strategy, rng: np.random.Gen
     """Apply ``strategy`` over the source's samples in stored order (tar headers only)."""
     refs: list[tuple[str, str]] = []
     for shard in shards:
+        before = len(refs)
         try:
             refs.extend((shard, key) for key in iter_shard_keys(shard))
-        except SHARD_READ_ERRORS as exc:
+        except SHARD_READ_ERRORS as exc:  # the keys read before the damage are kept
             logger.warning("%s: shard %s is unreadable past %d samples while indexing (%s)",
-                           where, shard, len(refs), exc)
+                           where, shard, len(refs) - before, exc)
     chosen = strategy.select(len(refs), rng)
     keep: dict[str, set[str]] = {}
     for ordinal in chosen:
