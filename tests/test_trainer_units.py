@@ -314,7 +314,8 @@ def test_epoch_based_steps_follow_the_data(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-m", "data.synth", "--out", str(tmp_path), "--videos", "6", "--seed", "2"],
                    cwd=repo, check=True, capture_output=True, timeout=300)
-    samples = json.loads((tmp_path / "manifest.json").read_text())["splits"]["train"]["samples"]
+    split = json.loads((tmp_path / "manifest.json").read_text())["splits"]["train"]
+    samples = split["samples"]
     with initialize_config_dir(config_dir=str(repo / "conf"), version_base=None):
         cfg = compose(config_name="config", overrides=["stage=sft", f"data.root={tmp_path}", "stage.epochs=2",
                                                        "stage.steps=null", "loop.micro_batch_size=2",
@@ -323,3 +324,8 @@ def test_epoch_based_steps_follow_the_data(tmp_path: Path) -> None:
     assert total_steps(run, world_size=2) == (2 * samples) // 4
     run.loop.max_steps = 7
     assert total_steps(run, world_size=2) == 7
+    run.loop.max_steps = None  # an epoch counts only the samples the stage's task filter keeps
+    run.stage.data.tasks = ["caption", "image_caption"]
+    captions = split["tasks"]["caption"] + split["tasks"]["image_caption"]
+    assert captions < samples
+    assert total_steps(run, world_size=2) == max(1, (2 * captions) // 4)

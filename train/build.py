@@ -9,22 +9,19 @@ from typing import Any
 
 import torch
 
-from train.config import (
-    MODEL_MODULES,
-    ConfigError,
-    RunConfig,
-    validate_run_config,
-)
+from train.config import ConfigError, RunConfig, validate_run_config
 
-# Positions a timestamp text may take when no tokenizer is available (spec: ~152 per 144-token group).
+# Positions a timestamp text may take when no tokenizer is available (the released Video-XL-2
+# recipe budgets about 152 positions per 144-token group, i.e. ~8 for the timestamp).
 FALLBACK_TIMESTAMP_TOKENS = 8
 
 
-def model_config(run: RunConfig) -> Any:
-    """The model config a run trains: `init_from`'s config.json if set, else the `model` group."""
+def model_config(run: RunConfig, *, read_init_from: bool = True) -> Any:
+    """The model config a run trains: `init_from`'s config.json if set (and `read_init_from`),
+    else the `model` group's."""
     from model import VideoXL2Config, config_from_dict
 
-    if run.stage.init_from:
+    if run.stage.init_from and read_init_from:
         return VideoXL2Config.from_pretrained(run.stage.init_from)
     try:
         return config_from_dict(run.model)
@@ -61,16 +58,17 @@ def data_config(run: RunConfig) -> dict[str, Any]:
 
 def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | None]:
     """Every check that needs no compute: config rules, model config, tokenizer, data paths,
-    init_from. Returns (model_config, tokenizer or None)."""
+    init_from. Returns (model_config, tokenizer or None).
+
+    `check_paths=False` touches no path: `init_from` is not read (the `model` group's config
+    stands in for it, e.g. for a later pipeline stage whose export does not exist yet), a missing
+    tokenizer is not an error and data globs are not resolved.
+    """
     validate_run_config(run)  # pure field rules first
     if check_paths and run.stage.init_from is not None:
         if not (Path(run.stage.init_from) / "config.json").is_file():
             raise ConfigError("stage.init_from", f"{run.stage.init_from!r} holds no exported model (config.json)")
-    mcfg = model_config(run) if (check_paths or not run.stage.init_from) else None
-    if mcfg is None:
-        from model import config_from_dict
-
-        mcfg = config_from_dict(run.model)
+    mcfg = model_config(run, read_init_from=check_paths)
     tok = None
     name = tokenizer_name(run, mcfg)
     if name is not None:
@@ -106,14 +104,44 @@ def _check_data(run: RunConfig, check_paths: bool) -> None:
         raise ConfigError(field_name, text.split(": ", 1)[-1]) from exc
 
 
+def _count_tasks(shards: tuple[str, ...], keep: dict[str, frozenset[str]] | None, tasks: frozenset[str]) -> int:
+    """Samples of `shards` (restricted to `keep`) whose json `task` is in `tasks`, read the way the
+    loader reads them (known keys only; broken records and unreadable shards are not counted)."""
+    from data.collate import parse_record
+    from data.faults import SampleFault
+    from data.shards import SHARD_READ_ERRORS, iter_shard
+
+    total = 0
+    for shard in shards:
+        kept = None if keep is None else keep.get(shard, frozenset())
+        if kept is not None and not kept:
+            continue
+        try:
+            for raw in iter_shard(shard):
+                if kept is not None and raw.key not in kept:
+                    continue
+                try:
+                    rec = parse_record(raw)
+                except SampleFault:
+                    continue
+                total += str(rec.get("task", "unknown")) in tasks
+        except SHARD_READ_ERRORS:
+            continue
+    return total
+
+
 def count_train_samples(run: RunConfig) -> int:
-    """Samples in the train split after strategies (tar headers only; task filter not applied)."""
+    """Samples one epoch of the stage trains on: the train split after strategies, filtered by
+    `stage.data.tasks` like the loader (tar headers only when there is no task filter)."""
     from data.mix import DataConfig, resolve_split
     from data.shards import iter_shard_keys
 
+    tasks = run.stage.data.tasks
     total = 0
     for src in resolve_split(DataConfig.from_mapping(data_config(run)), "train", run.seed):
-        if src.keep is not None:
+        if tasks is not None:
+            total += _count_tasks(src.shards, src.keep, frozenset(tasks))
+        elif src.keep is not None:
             total += sum(len(v) for v in src.keep.values())
         else:
             total += sum(1 for shard in src.shards for _ in iter_shard_keys(shard))
@@ -137,8 +165,6 @@ class StageParts:
 
     train_module: Any
     model_cfg: Any
-    tokenizer: Any
-    trainable_counts: dict[str, int]
 
 
 def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
@@ -151,12 +177,8 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
         model = VideoXL2ForCausalLM.from_pretrained(run.stage.init_from, dtype=torch.float32)
     else:
         model = VideoXL2ForCausalLM(model_cfg)
-    children = {name for name, _ in model.named_children()}
-    for i, name in enumerate(run.stage.trainable):
-        if name in MODEL_MODULES and name not in children:
-            raise ConfigError(f"stage.trainable[{i}]", f"model has no child {name!r} (has {sorted(children)})")
     if run.loop.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     module = TrainModule(model, run.stage.loss, run.stage.masking)
-    counts = set_trainable(module.trainable_modules(), run.stage.trainable)
-    return StageParts(train_module=module, model_cfg=model.config, tokenizer=None, trainable_counts=counts)
+    set_trainable(module.trainable_modules(), run.stage.trainable)
+    return StageParts(train_module=module, model_cfg=model.config)
