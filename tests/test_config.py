@@ -146,3 +146,23 @@ def test_cli_rejects_bad_config_before_compute(tmp_path: Path) -> None:
     assert "init_distributed" not in proc.stderr and "shm_comm" not in proc.stderr + proc.stdout
     assert not out.exists()
     assert time.monotonic() - t0 < 120
+
+
+def test_pipeline_validates_every_stage_before_training_any(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import train.pipeline as pipeline
+
+    def no_training(*_: object) -> None:
+        raise AssertionError("a stage trained before every stage was validated")
+
+    monkeypatch.setattr(pipeline, "train_stage", no_training)
+    subprocess.run([sys.executable, "-m", "data.synth", "--out", str(tmp_path / "synth"), "--videos", "2",
+                    "--seed", "0"], cwd=REPO, check=True, capture_output=True, timeout=300,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # 16 dts frames fit in 400 positions of the tiny model; the 150 frames of `long` do not
+    overrides = ["model=tiny", "data=synth", f"data.root={tmp_path / 'synth'}", f"output_root={tmp_path}",
+                 "stage.max_length=400"]
+    with pytest.raises(ConfigError) as err:
+        pipeline.run_pipeline(["dts", "long"], overrides)
+    assert err.value.field == "stage.frames_upbound" and "stage.max_length=400" in str(err.value)
+    pipeline.validate_stages(["dts", "align", "sft"], overrides)  # the valid prefix passes

@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from train.build import check_run
 from train.config import STAGES, ConfigError, RunConfig, parse_run_config
 from train.trainer import LoopResult, train_stage
 
@@ -33,14 +34,26 @@ def compose_stage(stage: str, overrides: list[str], init_from: str | None) -> tu
     return parse_run_config(raw), raw
 
 
+def validate_stages(stages: list[str], overrides: list[str]) -> None:
+    """Compose and validate every stage before any trains (raises ConfigError naming the field).
+
+    The first stage gets every check `python -m train` makes; a later stage starts from its
+    predecessor's export, which does not exist yet, so its paths are not checked (the model group's
+    config stands in for the export's) until it starts.
+    """
+    previous: str | None = None
+    for s in stages:
+        run, _ = compose_stage(s, overrides, previous)
+        check_run(run, check_paths=previous is None)
+        previous = str(Path(run.output_dir) / "export")
+
+
 def run_pipeline(stages: list[str], overrides: list[str]) -> dict[str, LoopResult]:
     """Train `stages` in order; returns each stage's loop result."""
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"--stages: unknown stage {s!r} (known: {', '.join(STAGES)})")
-    # Compose (and type-check) every stage before training any of them.
-    for i, s in enumerate(stages):
-        compose_stage(s, overrides, "previous_stage_export" if i else None)
+    validate_stages(stages, overrides)
     results: dict[str, LoopResult] = {}
     previous: str | None = None
     for s in stages:
