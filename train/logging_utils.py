@@ -46,7 +46,8 @@ class FlopModel:
     visual_only: bool = False  # DTS pretraining runs vision + DTS (+ decoder) only
 
     def step_flops(self, frames: float, tokens: float, seq_sq_sum: float) -> float:
-        """FLOPs of one optimizer step on one rank given its frames, tokens and Σ S² of sequences."""
+        """FLOPs of one optimizer step given its frames, tokens and Σ S² of sequences (pass totals
+        over all ranks for the step's total, as the trainer does before dividing by world size)."""
         t = self.trainable
         total = 0.0
         f_v = _factor("vision_tower", t)

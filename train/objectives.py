@@ -9,8 +9,6 @@ scored by MSE against the per-token-normalised original tokens, on masked positi
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -139,16 +137,3 @@ class TrainModule(nn.Module):
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
         return loss * 0.0 if empty else loss
 
-
-def batch_stats(batch: dict[str, Any], vision_pad_token_id: int) -> dict[str, float]:
-    """Counts for throughput logging: samples, tokens (non-pad), visual tokens, frames."""
-    ids = batch["input_ids"]
-    mask = batch.get("attention_mask")
-    tokens = int(mask.sum()) if mask is not None else ids.numel()
-    return {
-        "samples": float(ids.shape[0]),
-        "tokens": float(tokens),
-        "visual_tokens": float((ids == vision_pad_token_id).sum()),
-        "frames": float(batch["pixel_values"].shape[0]) if batch.get("pixel_values") is not None else 0.0,
-        "seq_len": float(ids.shape[1]),
-    }
