@@ -170,11 +170,23 @@ class WorkerStream:
             if st["active"]:
                 self._iters[i] = self._open(i)
 
+    def _raise_empty(self) -> None:
+        """Fail for a looping stream that has no sample at all for this worker."""
+        plan = self.plan
+        splits = sorted({s.name.split("[", 1)[0] for s in plan.sources})
+        raise RuntimeError(
+            f"data: split {'/'.join(splits)} has no samples for rank {plan.rank} (worker {self.worker} of "
+            f"{plan.num_workers}): its sources {[s.name for s in plan.sources]} hold fewer samples (or shards "
+            f"with selected samples) than world_size x num_workers = {plan.world_size * plan.num_workers}; "
+            "use more data, fewer ranks or fewer loader workers")
+
     def __iter__(self) -> Iterator[RawSample]:
         weights = [s.weight for s in self.plan.sources]
         while True:
             active = [i for i, st in enumerate(self.state["sources"]) if st["active"]]
             if not active:
+                if self.plan.loop:  # an endless stream must not end: the trainer's next() would stop one rank
+                    self._raise_empty()
                 return
             i = min(active, key=lambda k: ((self.state["sources"][k]["taken"] + 1) / weights[k], k))
             st = self.state["sources"][i]
@@ -273,11 +285,6 @@ class VideoLoader:
         self._states = [initial_worker_state(self.plan, self.epoch) for _ in range(k)]
         self._done = [False] * k
         self._next = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start the next pass at the beginning of ``epoch``."""
-        self.epoch = int(epoch)
-        self._reset_pass()
 
     def _order(self) -> list[int]:
         k = self.plan.num_workers

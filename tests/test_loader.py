@@ -235,3 +235,40 @@ def test_config_validation_names_the_field(tmp_path: Path, tok: Any, mcfg: Any) 
     with pytest.raises(FileNotFoundError, match=r"nothing-here/\*\.tar"):
         build_loader({"root": str(tmp_path), "train": [{"shards": "nothing-here/*.tar"}]}, tok, mcfg,
                      batch_size=1, num_workers=0)
+
+
+def test_indexing_warning_counts_the_damaged_shards_own_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import tarfile
+
+    import data.mix as mix
+
+    for name in ("a.tar", "b.tar"):
+        (tmp_path / name).write_bytes(b"")
+
+    def fake_keys(shard: str) -> Any:
+        yield from ("k0", "k1", "k2") if shard.endswith("a.tar") else ("k3",)
+        if shard.endswith("b.tar"):
+            raise tarfile.ReadError("truncated")
+
+    monkeypatch.setattr(mix, "iter_shard_keys", fake_keys)
+    cfg = DataConfig.from_mapping({"root": str(tmp_path), "val": [{"shards": "*.tar", "strategy": "first:10"}]})
+    with caplog.at_level("WARNING", logger="data.mix"):
+        (src,) = mix.resolve_split(cfg, "val", 0)
+    assert sum(len(k) for k in (src.keep or {}).values()) == 4  # keys read before the damage are kept
+    assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()] == [
+        f"data.val[0]: shard {tmp_path / 'b.tar'} is unreadable past 1 samples while indexing (truncated)"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_looping_stream_without_samples_for_a_rank_fails_naming_split_and_rank(tmp_path: Path, tok: Any, mcfg: Any,
+                                                                              workers: int) -> None:
+    write_dataset(tmp_path / "tiny", 2, shard_size=2, frames=8)  # 2 samples, 1 shard, 3 ranks
+    cfg = cfg_for(tmp_path, {"shards": "tiny/*.tar"})
+    ok = build_loader(cfg, tok, mcfg, split="train", batch_size=1, num_workers=0, rank=1, world_size=3,
+                      frames_upbound=4)
+    assert len(collect(ok, 3)) == 3  # rank 1 holds one sample and loops over it
+    empty = build_loader(cfg, tok, mcfg, split="train", batch_size=1, num_workers=workers, rank=2, world_size=3,
+                         frames_upbound=4)
+    with pytest.raises(RuntimeError, match=r"split train has no samples for rank 2"):
+        next(iter(empty))
