@@ -59,6 +59,21 @@ def test_param_groups_exclude_frozen_and_carry_lrs() -> None:
         set_trainable(mods, ["c"])
 
 
+def test_weight_decay_excludes_by_module_type_not_name() -> None:
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    m = nn.Module()
+    m.tok = nn.Embedding(10, 4)  # an embedding whose name says nothing
+    m.final = Qwen2RMSNorm(4)
+    m.groups = nn.GroupNorm(2, 4)
+    m.normalizer = nn.Linear(4, 4)  # a projection whose name contains "norm"
+    set_trainable({"m": m}, ["m"])
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in param_groups({"m": m}, {"m": 1.0}, 0.1)}
+    assert groups["m/decay"] == {id(m.normalizer.weight)}
+    assert groups["m/no_decay"] == {id(p) for p in (m.tok.weight, m.final.weight, m.groups.weight,
+                                                     m.groups.bias, m.normalizer.bias)}
+
+
 class PlainEngine:
     """The engine surface StepLoop uses, over a plain module + AdamW (single process)."""
 

@@ -25,8 +25,24 @@ def set_trainable(modules: dict[str, nn.Module], trainable: list[str]) -> dict[s
     return counts
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower() or "embedding" in name.lower()
+def no_decay_types() -> tuple[type[nn.Module], ...]:
+    """Module types whose parameters are never weight-decayed: normalisations and embeddings
+    (the Qwen2 LLM's RMSNorm included)."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    return (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, Qwen2RMSNorm, nn.Embedding)
+
+
+def no_decay_params(module: nn.Module) -> set[int]:
+    """Ids of `module`'s parameters excluded from weight decay: those owned by a `no_decay_types`
+    module, and every parameter with fewer than two dimensions (biases, scales, tokens)."""
+    types = no_decay_types()
+    out: set[int] = set()
+    for sub in module.modules():
+        for p in sub.parameters(recurse=False):
+            if isinstance(sub, types) or p.ndim < 2:
+                out.add(id(p))
+    return out
 
 
 def param_groups(modules: dict[str, nn.Module], lrs: dict[str, float],
@@ -41,11 +57,12 @@ def param_groups(modules: dict[str, nn.Module], lrs: dict[str, float],
     groups: list[dict] = []
     for module_name, module in modules.items():
         decay, no_decay = [], []
-        for pname, p in module.named_parameters():
+        excluded = no_decay_params(module)
+        for p in module.parameters():
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (no_decay if _no_decay(pname, p) else decay).append(p)
+            (no_decay if id(p) in excluded else decay).append(p)
         splits = ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay"))
         if weight_decay == 0.0:  # identical hyper-parameters: one group (fewer optimizer launches)
             splits = ((decay + no_decay, 0.0, "all"),)
