@@ -18,5 +18,6 @@ def test_bench_reports_ratio() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = re.search(r"median bare ([\d.]+) / framework ([\d.]+) ms \(ratio ([\d.]+)\)", proc.stdout)
     assert m, proc.stdout
+    assert "device=cpu " in proc.stdout  # both loops run on the engine's device
     bare, fw, ratio = map(float, m.groups())
     assert bare > 0 and fw > 0 and abs(ratio - fw / bare) < 0.01

@@ -74,22 +74,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     lr = {m: 1e-4 for m in MODULES}
     loop = LoopConfig(grad_clip=1.0)
 
-    # bare torch: same module wrapper, forward/backward/clip/AdamW, constant lr
-    bare = TrainModule(copy.deepcopy(base), "lm")
-    set_trainable(bare.trainable_modules(), MODULES)
-    bare.train()
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    bare.to(dtype)
-    bare_opt = torch.optim.AdamW(param_groups(bare.trainable_modules(), lr, 0.0), betas=(0.9, 0.999), eps=1e-8)
-    bare_batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.items()}
-
-    def bare_step() -> None:
-        loss = bare(**bare_batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(bare.parameters(), loop.grad_clip)
-        bare_opt.step()
-        bare_opt.zero_grad(set_to_none=True)
-
     # framework: DeepSpeed engine over the same module, with the stage's schedule
     init_distributed(read_dist_env())
     fw = TrainModule(copy.deepcopy(base), "lm")
@@ -105,11 +89,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ds = DeepSpeedConfig(zero_stage=zero, precision=args.precision, zero_optimization=extra)
     engine = build_engine(fw, opt, sched, deepspeed_config(ds, loop))
     engine.train()
+    dev = torch.device(engine.device)  # both loops run on the device DeepSpeed chose
+    fw_batch = {k: v.to(dev) for k, v in batch.items()}
 
     def fw_step() -> None:
-        loss = engine(**batch)
+        loss = engine(**fw_batch)
         engine.backward(loss)
         engine.step()
+
+    # bare torch: same module wrapper, forward/backward/clip/AdamW, constant lr, same device
+    bare = TrainModule(copy.deepcopy(base), "lm")
+    set_trainable(bare.trainable_modules(), MODULES)
+    bare.train()
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    bare.to(device=dev, dtype=dtype)
+    bare_opt = torch.optim.AdamW(param_groups(bare.trainable_modules(), lr, 0.0), betas=(0.9, 0.999), eps=1e-8)
+    bare_batch = {k: v.to(dev, dtype=dtype) if v.is_floating_point() else v.to(dev) for k, v in batch.items()}
+
+    def bare_step() -> None:
+        loss = bare(**bare_batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(bare.parameters(), loop.grad_clip)
+        bare_opt.step()
+        bare_opt.zero_grad(set_to_none=True)
 
     timed(bare_step, args.warmup)
     timed(fw_step, args.warmup)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               "bare_min_ms": min(bare_t) * 1e3, "framework_min_ms": min(fw_t) * 1e3}
     result["ratio"] = result["framework_ms"] / result["bare_ms"]
     result["ratio_min"] = result["framework_min_ms"] / result["bare_min_ms"]
-    print(f"model={args.model} deepspeed={args.deepspeed} zero={zero} precision={args.precision} frames={args.frames} text={args.text} "
+    print(f"device={dev} model={args.model} deepspeed={args.deepspeed} zero={zero} precision={args.precision} frames={args.frames} text={args.text} "
           f"steps={args.steps}: median bare {result['bare_ms']:.2f} / framework {result['framework_ms']:.2f} ms "
           f"(ratio {result['ratio']:.3f}); best bare {result['bare_min_ms']:.2f} / framework "
           f"{result['framework_min_ms']:.2f} ms (ratio {result['ratio_min']:.3f}); goal <= 1.10")
