@@ -18,11 +18,12 @@ from __future__ import annotations
 import csv
 import json
 import re
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from data.shards import SHARD_READ_ERRORS, RawSample, iter_shard
 
 EVAL_TASKS: tuple[str, ...] = ("mcq", "grounding", "needle")
 LETTERS = "ABCDEFGHIJ"
@@ -363,7 +364,8 @@ def read_records(path: str | Path, video_root: str | Path | None = None) -> list
 def read_synth_shards(shard_dir: str | Path, extract_dir: str | Path, split: str = "test") -> list[EvalSample]:
     """Eval-task samples (mcq, grounding, needle) of ``shard_dir/{split}-*.tar``; videos are written to `extract_dir`.
 
-    Tar members are grouped by WebDataset key (member name up to the first dot of its basename).
+    Shards are streamed one sample at a time with `data.shards.iter_shard`: only known member keys
+    are read, anything else (``.pyd``, ``.pickle``, ...) is skipped unread.
     """
     shards = sorted(Path(shard_dir).glob(f"{split}-*.tar"))
     if not shards:
@@ -372,35 +374,38 @@ def read_synth_shards(shard_dir: str | Path, extract_dir: str | Path, split: str
     extract.mkdir(parents=True, exist_ok=True)
     out: list[EvalSample] = []
     for shard in shards:
-        groups: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                prefix = member.name[: len(member.name) - len(base)]
-                key, _, ext = base.partition(".")
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    groups.setdefault(prefix + key, {})[ext] = fh.read()
-        for key, parts in groups.items():
-            where = f"sample {key}"
-            if "json" not in parts:
-                raise AnnotationError(shard, where, "json", "sample has no json member")
+        raws = iter_shard(str(shard))
+        while True:
             try:
-                rec = json.loads(parts["json"].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise AnnotationError(shard, where, "json", f"invalid JSON: {exc}") from exc
-            if rec.get("task") not in EVAL_TASKS:
-                continue
-            if "mp4" not in parts:
-                raise AnnotationError(shard, where, "mp4", f"task {rec.get('task')!r} sample has no mp4 member")
-            vpath = extract / f"{key.replace('/', '_')}.mp4"
-            vpath.write_bytes(parts["mp4"])
-            sample = record_to_sample(rec, shard, where, str(vpath), "synth")
+                raw = next(raws, None)
+            except SHARD_READ_ERRORS as exc:
+                raise ValueError(f"{shard}: unreadable tar shard ({type(exc).__name__}: {exc})") from exc
+            if raw is None:
+                break
+            sample = _synth_sample(raw, shard, extract)
             if sample is not None:
                 out.append(sample)
     return out
+
+
+def _synth_sample(raw: RawSample, shard: Path, extract: Path) -> EvalSample | None:
+    """The eval sample of one shard sample (None for a training-only task); its mp4 is written to `extract`."""
+    where = f"sample {raw.key}"
+    if "json" not in raw.members:
+        raise AnnotationError(shard, where, "json", "sample has no json member")
+    try:
+        rec = json.loads(raw.members["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(shard, where, "json", f"invalid JSON: {exc}") from exc
+    if not isinstance(rec, dict):
+        raise AnnotationError(shard, where, "json", f"expected an object, got {type(rec).__name__}")
+    if rec.get("task") not in EVAL_TASKS:
+        return None
+    if "mp4" not in raw.members:
+        raise AnnotationError(shard, where, "mp4", f"task {rec.get('task')!r} sample has no mp4 member")
+    vpath = extract / f"{raw.key.replace('/', '_')}.mp4"
+    vpath.write_bytes(raw.members["mp4"])
+    return record_to_sample(rec, shard, where, str(vpath), "synth")
 
 
 READERS: dict[str, Callable[..., list[EvalSample]]] = {

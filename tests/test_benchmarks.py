@@ -185,3 +185,29 @@ def test_synth_shards_and_records(tmp_path: Path) -> None:
     path.write_text(json.dumps(bad))
     with pytest.raises(AnnotationError, match=r"ann\.json: row 0: field 'answer\.span'"):
         read_records(path)
+
+
+def test_synth_shards_read_only_known_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown members (a pickle here) are skipped unread; a damaged shard is an error naming it."""
+    rec = _synth_record("s0", "mcq", {"letter": "A"}, "Q?\nA. x\nB. y\nC. z\nD. w")
+    shard = tmp_path / "test-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("s0.pyd", b"\x80\x04K\x01."), ("s0.json", json.dumps(rec).encode()),
+                           ("s0.mp4", b"video-s0"), ("s0.pickle", b"\x80\x04K\x02.")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    read: list[str] = []
+    extract = tarfile.TarFile.extractfile
+
+    def spy(self: tarfile.TarFile, member: str | tarfile.TarInfo) -> object:
+        read.append(member if isinstance(member, str) else member.name)
+        return extract(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
+    samples = read_synth_shards(tmp_path, tmp_path / "videos", "test")
+    assert [s.sample_id for s in samples] == ["s0"] and Path(samples[0].video).read_bytes() == b"video-s0"
+    assert sorted(read) == ["s0.json", "s0.mp4"]
+    shard.write_bytes(shard.read_bytes()[:700])  # cut inside the second member
+    with pytest.raises(ValueError, match=r"test-000000\.tar: unreadable tar shard"):
+        read_synth_shards(tmp_path, tmp_path / "videos", "test")
