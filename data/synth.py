@@ -4,7 +4,8 @@
         --size 64 --fps 1 --val-frac 0.1 --test-frac 0.1 --shard-size 64 --needle-prob 0.3]
 
 Writes ``DIR/{train,val,test}-NNNNNN.tar`` and ``DIR/manifest.json``. Every video yields one sample per
-task (``caption``, ``mcq``, ``grounding`` and, for videos with a needle, ``needle``) sharing the same
+task (``caption``, ``mcq``, ``grounding``, for videos with a needle ``needle``, and when asked for the
+multi-turn ``qa`` conversation of every question family) sharing the same
 mp4 bytes; every still yields one ``image_caption`` sample with a png. Each video and still is drawn
 from its own seed (``seed``, split, index), so splits never share content, and output is identical
 for identical arguments. Event times are whole seconds aligned to ``quantum`` seconds (default 4 = one
@@ -29,11 +30,14 @@ from data.shards import ShardWriter
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 VIDEO_TASKS: tuple[str, ...] = ("caption", "mcq", "grounding", "needle")
+# optional video tasks (not generated unless asked for): "qa" is a multi-turn training conversation
+EXTRA_TASKS: tuple[str, ...] = ("qa",)
 _TASK_FNS: dict[str, Callable[[Scene, np.random.Generator], tuple[list[dict[str, str]], dict[str, Any]]]] = {
     "caption": questions.caption,
     "mcq": questions.mcq,
     "grounding": questions.grounding,
     "needle": questions.needle,
+    "qa": questions.session,
     "image_caption": questions.image_caption,
 }
 
@@ -68,7 +72,7 @@ class SynthConfig:
             ("val_frac + test_frac", self.val_frac + self.test_frac < 1.0 or self.videos == 0),
             ("shard_size", self.shard_size >= 1), ("max_objects", 1 <= self.max_objects <= 4),
             ("needle_prob", 0.0 <= self.needle_prob <= 1.0),
-            ("tasks", bool(self.tasks) and set(self.tasks) <= set(VIDEO_TASKS)),
+            ("tasks", bool(self.tasks) and set(self.tasks) <= set(VIDEO_TASKS + EXTRA_TASKS)),
         ]
         for name, ok in checks:
             if not ok:
@@ -175,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quantum", type=int, default=4, help="event times are multiples of this many seconds")
     p.add_argument("--max-objects", type=int, default=2)
     p.add_argument("--needle-prob", type=float, default=0.3)
-    p.add_argument("--tasks", default=",".join(VIDEO_TASKS), help="comma list of video tasks")
+    p.add_argument("--tasks", default=",".join(VIDEO_TASKS),
+                   help=f"comma list of video tasks ({', '.join(VIDEO_TASKS + EXTRA_TASKS)})")
     a = p.parse_args(argv)
     cfg = SynthConfig(out=a.out, videos=a.videos, seed=a.seed, images=a.images, min_frames=a.min_frames,
                       max_frames=a.max_frames, size=a.size, fps=a.fps, val_frac=a.val_frac,

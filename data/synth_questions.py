@@ -59,15 +59,19 @@ def caption(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[
     return _turns(prompt, " ".join(sentences)), answer
 
 
-def mcq(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str, Any]]:
-    """A four-option question about one object (colour, shape), the object count or the order."""
-    kinds = ["colour_of_shape", "shape_of_colour", "count"]
-    if len(scene.objects) == 1:
-        kinds.append("which_shape")
-    if len(scene.objects) >= 2:
-        kinds.append("first")
-    kind = kinds[int(rng.integers(len(kinds)))]
-    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+def mcq(scene: Scene, rng: np.random.Generator, kind: str | None = None,
+        obj: SceneObject | None = None) -> tuple[Conversation, dict[str, Any]]:
+    """A four-option question about one object (colour, shape), the object count or the order
+    (`kind` picks the family, default: drawn among those that apply; `obj` the object asked about)."""
+    if kind is None:
+        kinds = ["colour_of_shape", "shape_of_colour", "count"]
+        if len(scene.objects) == 1:
+            kinds.append("which_shape")
+        if len(scene.objects) >= 2:
+            kinds.append("first")
+        kind = kinds[int(rng.integers(len(kinds)))]
+    if obj is None:
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
     if kind == "colour_of_shape":
         conv, ans = _mcq(rng, f"What colour is the {obj.shape}?", list(COLOURS), obj.colour)
     elif kind == "shape_of_colour":
@@ -76,7 +80,7 @@ def mcq(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str,
         conv, ans = _mcq(rng, "Which shape appears in the video?", list(SHAPES), obj.shape)
     elif kind == "count":
         count = str(len(scene.objects))
-        conv, ans = _mcq(rng, "How many shapes appear in the video?", ["1", "2", "3", "4"], count, shuffle=False)
+        conv, ans = _mcq(rng, "How many shapes appear in the video?", ["1", "2", "3", "4"], count)
     else:
         first = min(scene.objects, key=lambda o: o.appear)
         present = {_name(o) for o in scene.objects}
@@ -87,9 +91,11 @@ def mcq(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str,
     return conv, ans
 
 
-def grounding(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str, Any]]:
-    """When one object is visible: ``From a.0 to b.0 seconds.`` with span [appear, leave)."""
-    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+def grounding(scene: Scene, rng: np.random.Generator,
+              obj: SceneObject | None = None) -> tuple[Conversation, dict[str, Any]]:
+    """When one object (default: a random one) is visible: ``From a.0 to b.0 seconds.``, span [appear, leave)."""
+    if obj is None:
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
     question = f"When does the {_name(obj)} appear in the video? {GROUNDING_SUFFIX}"
     start, end = float(obj.appear), float(obj.leave)
     return _turns(question, f"From {start:.1f} to {end:.1f} seconds."), {"span": [start, end],
@@ -105,6 +111,37 @@ def needle(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[s
     ans["depth"] = round(scene.needle.second / max(1, scene.duration - 1), 4)
     ans["second"] = scene.needle.second
     return conv, ans
+
+
+def session(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str, Any]]:
+    """Multi-turn training conversation: several question families about one video, one turn each.
+
+    No earlier turn gives a later answer away: the needle, the count, then for one object "which
+    shape" and its colour, for two objects either "which first" or one attribute (colour or shape)
+    of each, and last the grounding questions (whose wording names colour and shape). Every turn
+    draws its own option order.
+    """
+    turns: list[tuple[str, Conversation, dict[str, Any]]] = []
+    if scene.needle is not None:
+        turns.append(("needle", *needle(scene, rng)))
+    kinds = ["count"]
+    if len(scene.objects) == 1:
+        kinds += ["which_shape", "colour_of_shape"]
+    elif rng.random() < 0.5:
+        kinds.append("first")
+    for kind in kinds:
+        turns.append(("mcq", *mcq(scene, rng, kind=kind)))
+    if len(scene.objects) >= 2 and "first" not in kinds:
+        for obj in scene.objects:
+            kind = "colour_of_shape" if rng.random() < 0.5 else "shape_of_colour"
+            turns.append(("mcq", *mcq(scene, rng, kind=kind, obj=obj)))
+    for obj in scene.objects:
+        turns.append(("grounding", *grounding(scene, rng, obj=obj)))
+    conv: Conversation = []
+    for i, (_, c, _) in enumerate(turns):
+        human = c[0]["value"] if i == 0 else c[0]["value"].removeprefix("<image>\n")
+        conv += [{"from": "human", "value": human}, c[1]]
+    return conv, {"turns": [{"task": t, **a} for t, _, a in turns]}
 
 
 def image_caption(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str, Any]]:
