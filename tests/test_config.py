@@ -78,6 +78,12 @@ BAD = [
     (["stage.schedule.name=linear_decay"], "stage.schedule.name"),
     (["checkpoint.keep_last_k=0"], "checkpoint.keep_last_k"),
     (["loop.micro_batch_size=two"], "loop.micro_batch_size"),
+    (["data.shuffle_buffer=0"], "data.shuffle_buffer"),
+    (["data.train=[{shards: a.tar, weight: -1}]"], "data.train[0].weight"),
+    (["data.train=[{shards: a.tar, strategy: most}]"], "data.train[0].strategy"),
+    (["+data.bogus=1"], "data"),
+    (["data.train=[]"], "data.train"),
+    (["stage.data.train=[{shards: a.tar, weight: 0}]"], "stage.data.train[0].weight"),
 ]
 
 
@@ -88,6 +94,16 @@ def test_bad_config_names_field(overrides: list[str], field: str) -> None:
         check_run(run, check_paths=False)
     assert err.value.field == field
     assert str(err.value).startswith(field)
+
+
+def test_data_is_typed_at_parse_time() -> None:
+    from data.mix import DataConfig
+
+    run = parse_run_config(composed(["model=tiny", "data.shuffle_buffer=8"]))
+    assert isinstance(run.data, DataConfig) and run.data.shuffle_buffer == 8
+    assert [s.shards for s in run.data.train] == ["train-*.tar"]
+    with pytest.raises(ConfigError, match=r"^data\.shuffle_buffer"):
+        parse_run_config(composed(["model=tiny", "data.shuffle_buffer=0"]))  # no check_run needed
 
 
 def test_preset_overlays_stage_and_command_line_wins() -> None:

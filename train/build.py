@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Any
 
 import torch
 
-from train.config import ConfigError, RunConfig, validate_run_config
+from data.mix import DataConfig
+from train.config import ConfigError, RunConfig, data_error, validate_run_config
 
 # Positions a timestamp text may take when no tokenizer is available (the released Video-XL-2
 # recipe budgets about 152 positions per 144-token group, i.e. ~8 for the timestamp).
@@ -48,12 +50,16 @@ def timestamp_tokens(tokenizer: Any | None) -> int:
     return len(tokenizer(format_timestamp(9999.9), add_special_tokens=False)["input_ids"])
 
 
-def data_config(run: RunConfig) -> dict[str, Any]:
-    """The data mapping with the stage's `train` sources (if any) replacing the data group's."""
-    data = dict(run.data)
-    if run.stage.data.train is not None:
-        data["train"] = list(run.stage.data.train)
-    return data
+def data_config(run: RunConfig) -> DataConfig:
+    """The data mix with the stage's `train` sources (if any) replacing the data group's; a bad
+    stage source raises ConfigError naming `stage.data.train[i]...`."""
+    if run.stage.data.train is None:
+        return run.data
+    try:
+        stage_train = DataConfig.from_mapping({"train": run.stage.data.train}).train
+    except (ValueError, TypeError) as exc:
+        raise data_error(exc, "stage.data") from exc
+    return dataclasses.replace(run.data, train=stage_train)
 
 
 def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | None]:
@@ -88,20 +94,18 @@ def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | N
 
 
 def _check_data(run: RunConfig, check_paths: bool) -> None:
-    from data.mix import DataConfig, resolve_split
+    """The stage's train split has sources and, with `check_paths`, its shard globs match files."""
+    from data.mix import resolve_split
 
-    try:
-        cfg = DataConfig.from_mapping(data_config(run))
-        if not cfg.train:
-            raise ValueError("data.train: no training sources")
-        if check_paths:
+    cfg = data_config(run)
+    prefix = "data" if run.stage.data.train is None else "stage.data"
+    if not cfg.train:
+        raise ConfigError(f"{prefix}.train", "no training sources")
+    if check_paths:
+        try:
             resolve_split(cfg, "train", run.seed)
-    except (ValueError, FileNotFoundError) as exc:
-        text = str(exc)
-        field_name = text.split(":", 1)[0] if text.startswith("data") else "data"
-        if run.stage.data.train is not None and field_name.startswith("data.train"):
-            field_name = "stage." + field_name
-        raise ConfigError(field_name, text.split(": ", 1)[-1]) from exc
+        except (ValueError, FileNotFoundError) as exc:
+            raise data_error(exc, prefix) from exc
 
 
 def _count_tasks(shards: tuple[str, ...], keep: dict[str, frozenset[str]] | None, tasks: frozenset[str]) -> int:
@@ -133,12 +137,12 @@ def _count_tasks(shards: tuple[str, ...], keep: dict[str, frozenset[str]] | None
 def count_train_samples(run: RunConfig) -> int:
     """Samples one epoch of the stage trains on: the train split after strategies, filtered by
     `stage.data.tasks` like the loader (tar headers only when there is no task filter)."""
-    from data.mix import DataConfig, resolve_split
+    from data.mix import resolve_split
     from data.shards import iter_shard_keys
 
     tasks = run.stage.data.tasks
     total = 0
-    for src in resolve_split(DataConfig.from_mapping(data_config(run)), "train", run.seed):
+    for src in resolve_split(data_config(run), "train", run.seed):
         if tasks is not None:
             total += _count_tasks(src.shards, src.keep, frozenset(tasks))
         elif src.keep is not None:

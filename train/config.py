@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.mix import DataConfig
+
 STAGES: tuple[str, ...] = ("dts", "align", "sft", "long")
 MODEL_MODULES: tuple[str, ...] = ("vision_tower", "dts", "projector", "llm")
 DTS_DECODER: str = "dts_decoder"
@@ -128,11 +130,17 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one `python -m train` run needs."""
+    """Everything one `python -m train` run needs.
+
+    `data` is parsed into `data.mix.DataConfig` here (errors name `data.<field>`). `model` stays
+    the mapping of the model group: `model.config_from_dict` owns its schema and validates it when
+    `build.check_run` builds the model config (errors name `model`), and a stage with `init_from`
+    takes its model config from the export instead.
+    """
 
     stage: StageConfig
     model: dict[str, Any]
-    data: dict[str, Any]
+    data: DataConfig
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -165,6 +173,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     tp = inner
     if tp is Any:
         return value
+    if tp is DataConfig:
+        try:
+            return DataConfig.from_mapping(value)
+        except (ValueError, TypeError) as exc:
+            raise data_error(exc, path) from exc
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
@@ -200,6 +213,16 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(path, f"expected a string, got {value!r}")
         return value
     raise ConfigError(path, f"unsupported type {tp}")
+
+
+def data_error(exc: Exception, prefix: str) -> ConfigError:
+    """A data-mix error (its message starts with `data.<field>: ` when it names one) as a
+    ConfigError whose field starts with `prefix` instead of `data`."""
+    text = str(exc)
+    head, sep, rest = text.partition(": ")
+    if sep and (head == "data" or head.startswith(("data.", "data["))):
+        return ConfigError(prefix + head[len("data"):], rest)
+    return ConfigError(prefix, text)
 
 
 def _build(cls: type, raw: dict[str, Any], path: str) -> Any:
