@@ -37,9 +37,10 @@ def test_gather_records_over_gloo(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import json, os, sys
         import torch.distributed as dist
-        from train.evaluate import dist_info_from_env, gather_records
-        info = dist_info_from_env()
-        dist.init_process_group("gloo", rank=info.rank, world_size=info.world)
+        from train.engine import read_dist_env
+        from train.evaluate import gather_records
+        info = read_dist_env()
+        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size)
         recs = [{"id": f"r{info.rank}-{i}", "text": "é" * (i + 3 * info.rank), "x": [i, 0.5]}
                 for i in range(2 + 3 * info.rank)]
         merged = gather_records(recs, info)
@@ -241,3 +242,48 @@ def test_niah_in_process(eval_data: dict[str, Path], tmp_path: Path) -> None:
     assert synth["num_samples"] == len(truth) > 0
     depths = sorted(c["depth"] for c in synth["metrics"]["needle_grid"]["cells"])
     assert depths == sorted(round(r["answer"]["depth"], 4) for r in truth.values())
+
+
+def test_unreadable_videos_are_recorded_as_failed(eval_data: dict[str, Path], tmp_path: Path) -> None:
+    """A missing and an undecodable video give records with ``error`` (scored wrong, counted as failed)."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from train.evaluate import run
+
+    write_mp4(np.full((4, 32, 32, 3), 60, dtype=np.uint8), tmp_path / "hay.mp4", 1.0)
+    records = build_grid(tmp_path / "hay.mp4", tmp_path / "niah", [4], [0.0, 0.5, 1.0], seed=2)
+    (tmp_path / "niah" / records[1]["video"]).write_bytes(b"not a video at all")
+    (tmp_path / "niah" / records[2]["video"]).unlink()
+    with initialize_config_dir(config_dir=str(REPO / "conf" / "eval"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={eval_data['ckpt']}", "bench=niah", "setting=niah",
+                                             "format=records", f"data={tmp_path / 'niah' / 'annotations.json'}",
+                                             f"out={tmp_path / 'out.json'}", "bench.max_new_tokens=2"])
+    metrics = run(cfg)
+    preds = [json.loads(x) for x in Path(metrics["predictions"]).read_text().splitlines()]
+    assert [p["id"] for p in preds] == [r["id"] for r in records]
+    assert "error" not in preds[0] and preds[0]["num_frames"] == 4
+    assert preds[1]["error"].startswith("RuntimeError: cannot decode video") and preds[1]["video"].endswith(".mp4")
+    assert preds[2]["error"].startswith("FileNotFoundError: video not found")
+    assert all(p["parsed"] is None and p["correct"] is False and p["token_ids"] == [] for p in preds[1:])
+    m = metrics["metrics"]
+    assert m["failed"] == 2 and m["n"] == 3 and m["n_unparsed"] >= 2
+
+
+def test_device_is_the_local_ranks_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from train.engine import DistEnv
+    from train.evaluate import resolve_device, setup_device
+
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    env = DistEnv(rank=3, world_size=4, local_rank=1)
+    assert setup_device("auto", env) == torch.device("cuda", 1) and current == [torch.device("cuda", 1)]
+    assert setup_device("cuda", env) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)
+    current.clear()
+    assert setup_device("cpu", env) == torch.device("cpu") and current == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", 1) == torch.device("cpu")

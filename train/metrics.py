@@ -182,6 +182,8 @@ def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float
     Records carry ``task``, ``duration`` (s), ``stats`` and either ``parsed``/``answer``/``correct``
     (mcq, needle; needle also ``length`` and ``depth``) or ``parsed``/``span`` (grounding).
     Scores are recomputed from ``parsed`` and the ground truth, not read from ``correct``/``iou``.
+    A record with an ``error`` (its video could not be read) has ``parsed`` None, so it scores as a
+    wrong / unparsed answer; ``failed`` counts such records.
     String categories in ``metadata`` (`CATEGORY_KEYS`, e.g. VideoMME's ``duration`` short/medium/long,
     MLVU/LVBench ``question_type``) get ``by_<key>`` breakdowns.
     """
@@ -189,7 +191,7 @@ def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float
     if len(tasks) > 1:
         raise ValueError(f"summarize: records mix tasks {sorted(tasks)}")
     task = tasks.pop() if tasks else "none"
-    out: dict[str, Any] = {"task": task}
+    out: dict[str, Any] = {"task": task, "failed": sum(int(bool(r.get("error"))) for r in records)}
     if task == "grounding":
         preds = [r["parsed"] for r in records]
         out.update(grounding_metrics(preds, [r["span"] for r in records]))
