@@ -1,6 +1,6 @@
-"""Frame sampling for videos and pseudo-videos (spec "Architecture", step 1).
+"""Frame sampling for videos and pseudo-videos, as in the released Video-XL-2 recipe.
 
-Reading of the spec used here (``n`` is the number of frames sampled at ~1 fps):
+The rule (``n`` is the number of frames sampled at ~1 fps):
 
 1. ``step = max(1, round(avg_fps / 1))`` and the 1-fps indices are ``range(0, num_frames, step)``;
    ``n = len`` of that list.
@@ -10,9 +10,11 @@ Reading of the spec used here (``n`` is the number of frames sampled at ~1 fps):
    ``numpy.linspace(0, num_frames - 1, frames_upbound)`` truncated to int (uniform over the video).
 4. Timestamps are ``round(index / avg_fps, 1)`` seconds, multiplied by ``scale`` when the
    annotation carries one.
-5. The index list (and its timestamps) is padded to a multiple of ``group`` (4) by repeating the last.
+5. The index list (and its timestamps) is padded to a multiple of ``group`` (4) by repeating the last
+   (`model.processing.pad_frames_to_group`, the one implementation of that rule).
 
-Images become a 4-frame pseudo-video: indices ``[0, 0, 0, 0]`` and no timestamps.
+Images become a 4-frame pseudo-video: indices ``[0, 0, 0, 0]`` and no timestamps. A group's
+timestamp is that of its first frame (`model.sequence.timestamps_for_groups`).
 
 Decoding reads videos with ``decord.VideoReader`` over in-memory bytes and fetches only the sampled
 frames with one ``get_batch`` (each distinct index once); images are decoded with PIL.
@@ -29,6 +31,8 @@ import numpy as np
 from PIL import Image
 
 from data.faults import BAD_IMAGE, BAD_VIDEO, EMPTY_MEDIA, SampleFault
+from model.processing import pad_frames_to_group
+from model.sequence import timestamps_for_groups
 
 # What decord raises for bytes it cannot open or decode (it surfaces FFmpeg errors as RuntimeError).
 DECORD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, decord.DECORDError)
@@ -48,7 +52,7 @@ class FrameSample:
         """Timestamp of the first frame of each group ([] for images)."""
         if self.timestamps is None:
             return []
-        return self.timestamps[::group]
+        return timestamps_for_groups(self.timestamps, group)
 
 
 def sample_video_frames(
@@ -79,15 +83,13 @@ def sample_video_frames(
     timestamps = [round(i / avg_fps, 1) for i in indices]
     if scale is not None:
         timestamps = [t * scale for t in timestamps]
-    pad = (-len(indices)) % group
-    indices = indices + [indices[-1]] * pad
-    timestamps = timestamps + [timestamps[-1]] * pad
-    return FrameSample(indices=indices, timestamps=timestamps)
+    return FrameSample(indices=pad_frames_to_group(np.asarray(indices, dtype=np.int64), group).tolist(),
+                       timestamps=pad_frames_to_group(np.asarray(timestamps, dtype=np.float64), group).tolist())
 
 
 def sample_image_frames(group: int = 4) -> FrameSample:
     """An image as a pseudo-video: the single frame repeated ``group`` times, no timestamps."""
-    return FrameSample(indices=[0] * group, timestamps=None)
+    return FrameSample(indices=pad_frames_to_group(np.zeros(1, dtype=np.int64), group).tolist(), timestamps=None)
 
 
 class VideoBytes:

@@ -1,4 +1,4 @@
-"""Frame sampling against a plain re-statement of the spec, and decoding of the sampled frames."""
+"""Frame sampling against a plain re-statement of the sampling rule, and decoding of the sampled frames."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from data.faults import BAD_VIDEO, EMPTY_MEDIA, SampleFault
 from data.sampling import VideoBytes, sample_image_frames, sample_video_frames
 
 
-def spec_reference(total: int, avg_fps: float, frames_upbound: int, fps_upbound: float | None,
+def rule_reference(total: int, avg_fps: float, frames_upbound: int, fps_upbound: float | None,
                    scale: float | None = None) -> tuple[list[int], list[float]]:
-    """The spec's step 1, written out plainly (n = number of frames at 1 fps)."""
+    """The sampling rule of data.sampling, written out plainly (n = number of frames at 1 fps)."""
     step = round(avg_fps / 1)
     if step < 1:
         step = 1
@@ -45,9 +45,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("total", "fps", "upbound", "fps_up"), CASES)
-def test_sampling_matches_spec_reference(total: int, fps: float, upbound: int, fps_up: float | None) -> None:
+def test_sampling_matches_rule_reference(total: int, fps: float, upbound: int, fps_up: float | None) -> None:
     got = sample_video_frames(total, fps, frames_upbound=upbound, fps_upbound=fps_up)
-    ref_idx, ref_t = spec_reference(total, fps, upbound, fps_up)
+    ref_idx, ref_t = rule_reference(total, fps, upbound, fps_up)
     assert got.indices == ref_idx
     assert got.timestamps == ref_t
     assert len(got.indices) % 4 == 0 and all(0 <= i < total for i in got.indices)
@@ -55,7 +55,7 @@ def test_sampling_matches_spec_reference(total: int, fps: float, upbound: int, f
 
 def test_sampling_scale_and_group_timestamps() -> None:
     got = sample_video_frames(200, 25.0, frames_upbound=32, fps_upbound=None, scale=2.0)
-    ref_idx, ref_t = spec_reference(200, 25.0, 32, None, scale=2.0)
+    ref_idx, ref_t = rule_reference(200, 25.0, 32, None, scale=2.0)
     assert got.indices == ref_idx and got.timestamps == ref_t
     assert got.group_timestamps(4) == ref_t[::4]
 
@@ -71,6 +71,23 @@ def test_hand_worked_example() -> None:
 def test_image_is_four_frame_pseudo_video() -> None:
     img = sample_image_frames()
     assert img.indices == [0, 0, 0, 0] and img.timestamps is None and img.group_timestamps() == []
+    assert sample_image_frames(3).indices == [0, 0, 0]
+
+
+@pytest.mark.parametrize("group", [1, 3, 4, 8])
+def test_padding_and_group_timestamps_follow_the_model_helpers(group: int) -> None:
+    """Index padding and group timestamps are the model's rules (one implementation of each)."""
+    from model.processing import pad_frames_to_group
+    from model.sequence import timestamps_for_groups
+
+    got = sample_video_frames(95, 30.0, frames_upbound=16, fps_upbound=None, group=group)  # 4 raw indices
+    assert got.indices == pad_frames_to_group(np.array([0, 30, 60, 90]), group).tolist()
+    assert all(type(i) is int for i in got.indices) and all(type(t) is float for t in got.timestamps or [])
+    assert got.group_timestamps(group) == timestamps_for_groups(got.timestamps or [], group)
+    with pytest.raises(ValueError, match="frames_per_group must be >= 1"):
+        got.group_timestamps(0)
+    with pytest.raises(ValueError, match="group: must be >= 1"):
+        sample_image_frames(0)
 
 
 def test_bad_arguments() -> None:
