@@ -5,7 +5,7 @@ to exactly `length` frames, and a needle — `needle_frames` consecutive frames 
 solid colour (``style="solid"``) or carry a solid-colour square in their centre
 (``style="patch"``, a caption-less visual cue on the haystack content) — replaces the frames
 starting at index ``round(depth * (length - needle_frames))``. The question asks for the needle's
-colour among 4 shuffled colour options. One mp4 (H.264, written with PyAV) per sample and an
+colour among 4 shuffled colour options. One mp4 (H.264, `data.scenes.encode_mp4`) per sample and an
 ``annotations.json`` list of records in the synth schema (``task: "needle"``,
 ``answer: {"letter", "depth"}``, plus ``length`` and ``needle``) readable by
 `data.benchmarks.read_records`.
@@ -29,6 +29,7 @@ import av
 import numpy as np
 
 from data.benchmarks import DEFAULT_MCQ_TEMPLATE, LETTERS
+from data.scenes import encode_mp4
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
@@ -133,19 +134,8 @@ def insert_needle(frames: np.ndarray, spec: NeedleSpec) -> np.ndarray:
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float) -> None:
-    """Write uint8 [N, H, W, 3] frames (even H, W) as H.264 yuv420p mp4 at `fps`."""
-    from fractions import Fraction
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.height, stream.width = frames.shape[1], frames.shape[2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    """Write uint8 [N, H, W, 3] frames (even H, W) as an H.264 mp4 at `fps` (`data.scenes.encode_mp4`, crf 18)."""
+    Path(path).write_bytes(encode_mp4(frames, fps, crf=18))
 
 
 def needle_record(spec: NeedleSpec, sample_id: str, video_name: str, fps: float,

@@ -184,16 +184,23 @@ def sample_still(rng: np.random.Generator, size: int) -> Scene:
     return Scene(size=size, fps=1, duration=0, background=background, objects=(obj,))
 
 
-def encode_mp4(frames: np.ndarray, fps: int, crf: int = 12) -> bytes:
-    """H.264 (libx264, yuv420p, single thread, no B-frames) mp4 bytes of uint8 [N, H, W, 3] frames."""
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 12) -> bytes:
+    """H.264 (libx264, yuv420p, single thread, no B-frames) mp4 bytes of uint8 [N, H, W, 3] frames.
+
+    The one video encoder of the data package (synthetic videos, needle videos). ``fps`` may be
+    fractional (kept to a denominator of at most 1000); a keyframe comes every ~4 s.
+    """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"frames: need non-empty uint8 [N, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    if not fps > 0:
+        raise ValueError(f"fps: must be > 0, got {fps}")
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "g": str(4 * fps), "bf": "0"}
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "g": str(max(1, round(4 * fps))),
+                          "bf": "0"}
         stream.codec_context.thread_count = 1
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):

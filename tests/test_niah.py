@@ -73,3 +73,18 @@ def test_cli_builds_grid(tmp_path: Path) -> None:
     main(["--haystack", str(hay), "--out", str(tmp_path / "again"), "--lengths", "6,10",
           "--depths", "0,0.5,1", "--seed", "7", "--fps", "2"])
     assert json.loads((tmp_path / "again" / "annotations.json").read_text()) == records
+
+
+@pytest.mark.parametrize("fps", [2.0, 2.5, 29.97])
+def test_needle_videos_use_the_shared_encoder(tmp_path: Path, fps: float) -> None:
+    """write_mp4 is data.scenes.encode_mp4 (one H.264 encoder), also for fractional frame rates."""
+    import av
+
+    from data.scenes import encode_mp4
+
+    frames = np.random.default_rng(0).integers(0, 255, (6, 32, 48, 3), dtype=np.uint8)
+    write_mp4(frames, tmp_path / "v.mp4", fps)
+    assert (tmp_path / "v.mp4").read_bytes() == encode_mp4(frames, fps, crf=18)
+    with av.open(str(tmp_path / "v.mp4")) as box:
+        stream = box.streams.video[0]
+        assert stream.frames == 6 and float(stream.average_rate) == pytest.approx(fps, rel=1e-3)
