@@ -206,6 +206,26 @@ def test_init_distributed_selects_the_local_rank_device(monkeypatch: pytest.Monk
     assert fake.selected == [1]
 
 
+def test_discard_unmarks_before_deleting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    root = tmp_path / "checkpoints"
+    d = root / ckpt.step_dir_name(6)
+    (d / "ds").mkdir(parents=True)
+    (d / ckpt.COMPLETE).write_text("ok")
+
+    real_rmtree = shutil.rmtree
+
+    def killed_mid_delete(path: Path, ignore_errors: bool = False) -> None:
+        real_rmtree(Path(path) / "ds")
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.discard(d)
+    assert ckpt.list_complete(root) == []  # the half-deleted step is not resumable
+
+
 def test_rng_state_round_trip() -> None:
     meta, tensors = ckpt.rng_state()
     json.dumps(meta)

@@ -131,6 +131,13 @@ def weights_only_loading() -> Iterator[None]:
 # --------------------------------------------------------------------------- save / load
 
 
+def discard(path: Path, ignore_errors: bool = False) -> None:
+    """Delete a checkpoint directory, its COMPLETE marker first: a kill mid-delete leaves a
+    directory that is no longer complete, never a complete-looking one with files missing."""
+    (path / COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -157,10 +164,10 @@ def save_checkpoint(engine: Any, ckpt_root: Path, step: int, trainer_state: dict
         (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=1))
         (tmp / COMPLETE).write_text("ok\n")
         if final.exists():
-            shutil.rmtree(final)
+            discard(final)
         os.replace(tmp, final)
         for old in list_complete(ckpt_root)[:-keep_last_k]:
-            shutil.rmtree(old, ignore_errors=True)
+            discard(old, ignore_errors=True)
     _barrier()
     return final
 
