@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import signal
 from pathlib import Path
@@ -224,6 +225,21 @@ def test_discard_unmarks_before_deleting(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(KeyboardInterrupt):
         ckpt.discard(d)
     assert ckpt.list_complete(root) == []  # the half-deleted step is not resumable
+
+
+def test_pickled_object_in_a_checkpoint_is_refused_naming_the_global(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (exec, ("raise SystemExit('payload ran')",))
+
+    path = tmp_path / "states.pt"
+    torch.save({"w": torch.zeros(1), "evil": Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError) as raw:
+        with ckpt.weights_only_loading():
+            torch.load(path)
+    err = ckpt.refused(f"checkpoint {tmp_path}", raw.value)
+    assert isinstance(err, ckpt.UnsafeCheckpointError)
+    assert str(err).startswith(f"checkpoint {tmp_path}: refused to unpickle exec")
 
 
 def test_rng_state_round_trip() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from data.mix import DataConfig
+from train import checkpoint as ckpt
 from train.config import ConfigError, RunConfig, data_error, validate_run_config
 
 # Positions a timestamp text may take when no tokenizer is available (the released Video-XL-2
@@ -178,7 +180,11 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
     from train.optim import set_trainable
 
     if run.stage.init_from:
-        model = VideoXL2ForCausalLM.from_pretrained(run.stage.init_from, dtype=torch.float32)
+        try:
+            with ckpt.weights_only_loading():
+                model = VideoXL2ForCausalLM.from_pretrained(run.stage.init_from, dtype=torch.float32)
+        except pickle.UnpicklingError as exc:
+            raise ckpt.refused(f"stage.init_from {run.stage.init_from}", exc) from exc
     else:
         model = VideoXL2ForCausalLM(model_cfg)
     if run.loop.activation_checkpointing:

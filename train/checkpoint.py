@@ -10,7 +10,9 @@ Layout of `<output_dir>/checkpoints/step-00000042/`:
 Everything is first written under `.tmp-step-...` and renamed once all ranks finished, so a
 crash mid-save never leaves a directory that looks complete. Loading never unpickles arbitrary
 objects: DeepSpeed's files are read with torch's weights-only unpickler (forced through
-`TORCH_FORCE_WEIGHTS_ONLY_LOAD` for the duration of the load) with an explicit allow-list.
+`TORCH_FORCE_WEIGHTS_ONLY_LOAD` for the duration of the load) with an explicit allow-list; a
+file holding anything else raises `UnsafeCheckpointError` naming the rejected global. A replaced
+or pruned checkpoint loses its COMPLETE marker before any of its files are deleted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -113,6 +116,18 @@ def _deepspeed_safe_globals() -> list[Any]:
     return found
 
 
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint or weights file holds a pickled object the weights-only unpickler refuses."""
+
+
+def refused(what: str, exc: pickle.UnpicklingError) -> UnsafeCheckpointError:
+    """The error for `what` (e.g. "checkpoint <dir>") naming the global the unpickler rejected."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    name = found.group(1) if found else "a disallowed global"
+    return UnsafeCheckpointError(f"{what}: refused to unpickle {name} (weights-only loading accepts "
+                                 "tensors and plain data only)")
+
+
 @contextlib.contextmanager
 def weights_only_loading() -> Iterator[None]:
     """Force torch.load into weights-only mode with the DeepSpeed allow-list, then restore."""
@@ -174,9 +189,12 @@ def save_checkpoint(engine: Any, ckpt_root: Path, step: int, trainer_state: dict
 
 def load_checkpoint(engine: Any, path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore engine, RNG and return (trainer_state, loader_state) for this rank."""
-    with weights_only_loading():
-        load_path, _ = engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+    try:
+        with weights_only_loading():
+            load_path, _ = engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+    except pickle.UnpicklingError as exc:
+        raise refused(f"checkpoint {path}", exc) from exc
     if load_path is None:
         raise RuntimeError(f"DeepSpeed found no state under {path}/ds")
     per_rank_file = path / f"rank{rank:05d}.json"
