@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,22 +12,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from data.niah import build_grid, write_mp4
+from helpers import free_port, subprocess_env
 from train.evaluate import load_samples, read_video
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
-    env.update(extra)
-    return env
 
 
 def test_gather_records_over_gloo(tmp_path: Path) -> None:
@@ -51,9 +37,9 @@ def test_gather_records_over_gloo(tmp_path: Path) -> None:
         dist.destroy_process_group()
     """)
     out = tmp_path / "merged.json"
-    port = str(_free_port())
+    port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=REPO,
-                              env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+                              env=subprocess_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
              for r in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     merged = json.loads(out.read_text())
@@ -129,7 +115,7 @@ def _evaluate(args: list[str], nproc: int = 1) -> None:
         return
     launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "train.evaluate"]
-    proc = subprocess.run(launcher + args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(launcher + args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,21 +17,8 @@ from PIL import Image
 from data.faults import REASONS, FaultCounter
 from data.loader import build_loader
 from data.shards import ShardWriter, iter_shard
+from helpers import grey_mp4
 from model import build_preset, load_tokenizer
-
-
-def make_mp4(num_frames: int = 12, fps: int = 4) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as box:
-        stream = box.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                box.mux(packet)
-        for packet in stream.encode():
-            box.mux(packet)
-    return buf.getvalue()
 
 
 def png() -> bytes:
@@ -74,7 +60,7 @@ def raw_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
     root = tmp_path_factory.mktemp("faulty")
     marker = root / "PWNED"
-    good_mp4 = make_mp4()
+    good_mp4 = grey_mp4([10 * i for i in range(12)], fps=4)
     payload = pickle.dumps(Payload(marker))
     good = []
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from dense_reference import TIMESTAMP, VISUAL, synthetic_layout, tiny_qwen2
 from transformers import DynamicCache
 
+from dense_reference import TIMESTAMP, VISUAL, synthetic_layout, tiny_qwen2
 from model.inference import generate_video
 from model.inference.bilevel import chunk_relevance, compaction_map, select_dense
 from model.inference.chunked_prefill import run_prefill

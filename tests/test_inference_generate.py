@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dense_reference import VISUAL, synthetic_layout, tiny_qwen2
 
+from dense_reference import VISUAL, synthetic_layout, tiny_qwen2
 from model.inference import GenerationResult, generate_video
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dense_reference import dense_visibility, synthetic_layout
 
+from dense_reference import dense_visibility, synthetic_layout
 from model.inference.layout import Kind, VideoLayout, plan_chunked, plan_pairs
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dense_reference import dense_forward, dense_visibility, synthetic_layout, tiny_qwen2
 
+from dense_reference import dense_forward, dense_visibility, synthetic_layout, tiny_qwen2
 from model.inference.chunked_prefill import run_prefill
 from model.inference.layout import VideoLayout, causal_pairs, plan_chunked, plan_full, plan_pairs
 

