@@ -160,6 +160,26 @@ runpy.run_module("train", run_name="__main__", alter_sys=True)
 """
 
 
+# Test-only hook: the first shutil.rmtree of checkpoint directory step-BLOCK_STEP deletes only its
+# ds/ subdirectory (as a real rmtree may, in directory order), writes a marker and blocks until killed.
+RMTREE_HOOK = r"""
+import os, runpy, shutil, sys, threading
+from pathlib import Path
+name, marker = "step-%08d" % int(os.environ["FI_BLOCK_STEP"]), Path(os.environ["FI_MARKER"])
+real_rmtree = shutil.rmtree
+def rmtree(path, *args, **kwargs):
+    if Path(path).name == name:
+        real_rmtree(Path(path) / "ds")
+        marker.write_text(str(path))
+        threading.Event().wait(600)
+        os._exit(3)
+    return real_rmtree(path, *args, **kwargs)
+shutil.rmtree = rmtree
+sys.argv = ["train", *sys.argv[1:]]
+runpy.run_module("train", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_sigkill_during_checkpoint_save_resumes_previous(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
     every, block = 2, 4  # checkpoints at 2 and 4; the save of step 4 is killed half-written
     args = train_args(synth, tmp_path, "loop.grad_accum=2", f"checkpoint.every_steps={every}")
@@ -221,32 +241,14 @@ def test_sigkill_during_checkpoint_save_resumes_previous(synth: Path, reference:
     assert after == {s: expect[s] for s in range(block + 1, TOTAL + 1)}
 
 
-# Test-only hook: the first shutil.rmtree of checkpoint directory step-BLOCK_STEP deletes only its
-# ds/ subdirectory (as a real rmtree may, in directory order), writes a marker and blocks until killed.
-RMTREE_HOOK = r"""
-import os, runpy, shutil, sys, threading
-from pathlib import Path
-name, marker = "step-%08d" % int(os.environ["FI_BLOCK_STEP"]), Path(os.environ["FI_MARKER"])
-real_rmtree = shutil.rmtree
-def rmtree(path, *args, **kwargs):
-    if Path(path).name == name:
-        real_rmtree(Path(path) / "ds")
-        marker.write_text(str(path))
-        threading.Event().wait(600)
-        os._exit(3)
-    return real_rmtree(path, *args, **kwargs)
-shutil.rmtree = rmtree
-sys.argv = ["train", *sys.argv[1:]]
-runpy.run_module("train", run_name="__main__", alter_sys=True)
-"""
-
-
 def test_sigkill_of_loader_worker_fails_fast_then_resumes(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
     """A data-loader worker killed mid-run makes the trainer exit with the worker error (no hang);
     resume=auto then continues from the last checkpoint and reproduces the reference losses."""
     args = train_args(synth, tmp_path, "loop.grad_accum=2", "checkpoint.every_steps=1", "loop.loader_workers=1")
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, env=run_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:  # a file, not a pipe: nothing can block on a full pipe while we poll
+        proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, env=run_env(),
+                                stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         first = tmp_path / "sft" / "checkpoints" / f"step-{1:08d}" / "COMPLETE"
         wait_for(first.exists, proc, "the first checkpoint")
@@ -254,10 +256,11 @@ def test_sigkill_of_loader_worker_fails_fast_then_resumes(synth: Path, reference
         assert workers, "no data-loader worker process found"
         for w in workers:
             w.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)  # bounded: a hang fails here
+        proc.wait(timeout=120)  # bounded: a hang fails here
     finally:
         if proc.poll() is None:
             kill_tree(proc)
+    err = log.read_text()
     assert proc.returncode != 0 and "DataLoader worker" in err and "killed" in err, err[-3000:]
     assert not (tmp_path / "sft" / "export").exists(), "the run finished before the worker was killed"
 
