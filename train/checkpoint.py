@@ -52,6 +52,17 @@ def list_complete(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def set_aside(ckpt_root: Path) -> Path:
+    """Rename an earlier run's `ckpt_root` to `<name>.earlier-N` (first free N) and return it, so a
+    fresh run in the same output directory neither prunes its own checkpoints against the earlier
+    run's higher steps nor gets resumed (`resume=auto`) from them. Nothing is deleted."""
+    n = 1
+    while (dest := ckpt_root.with_name(f"{ckpt_root.name}.earlier-{n}")).exists():
+        n += 1
+    os.replace(ckpt_root, dest)
+    return dest
+
+
 def resolve_resume(resume: str | None, ckpt_root: Path) -> Path | None:
     """`None` -> no resume; `"auto"` -> newest complete checkpoint (or None); else that path."""
     if resume is None:

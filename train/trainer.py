@@ -187,6 +187,9 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     out_dir = Path(run.output_dir)
     ckpt_root = out_dir / "checkpoints"
     resume_path = ckpt.resolve_resume(run.checkpoint.resume, ckpt_root)
+    earlier = None  # a fresh run must not mix its checkpoints with an earlier run's in the same dir
+    if run.checkpoint.resume is None and dist.is_main and ckpt.list_complete(ckpt_root):
+        earlier = ckpt.set_aside(ckpt_root)
     steps_total = build.total_steps(run, dist.world_size)
 
     init_distributed(dist)  # also selects this rank's device (LOCAL_RANK)
@@ -231,6 +234,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     result = LoopResult(state=state)
     if resume_path is not None:
         logger.event("resume", state.step, checkpoint=str(resume_path))
+    if earlier is not None:
+        logger.event("earlier_checkpoints_set_aside", state.step, moved_to=str(earlier))
 
     def save() -> None:
         ckpt.save_checkpoint(engine, ckpt_root, state.step, state.to_dict(), loader.state_dict(), dist.rank,
