@@ -4,6 +4,7 @@
   replaced: the previous complete checkpoint is resumed, nothing half-written or half-deleted is
   loaded, and the resumed losses equal an uninterrupted run's;
 - a SIGKILLed data-loader worker stops the run with the worker error (no hang); it resumes exactly;
+- a fresh run in an output dir with an earlier run's checkpoints keeps its own (earlier ones set aside);
 - corrupt inputs in a real shard set (truncated / zero-byte / text-as-mp4 videos, broken json, a
   truncated tar) are skipped and counted in metrics.jsonl and on the console; training exports;
 - pickle payloads under `.pyd` / `.pickle` shard keys never run during training, and checkpoints or
@@ -239,6 +240,24 @@ def test_sigkill_during_checkpoint_save_resumes_previous(synth: Path, reference:
     assert recs[at]["step"] == block, recs[at]
     after = {r["step"]: r["loss"] for r in recs[at + 1:] if "loss" in r}
     assert after == {s: expect[s] for s in range(block + 1, TOTAL + 1)}
+
+
+def test_fresh_run_sets_an_earlier_runs_checkpoints_aside(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A fresh run (resume=null) in an output dir that holds an earlier run's checkpoints at higher
+    steps keeps its own newest ones (they are not pruned against the earlier steps), so a later
+    resume=auto finds only its own; the earlier run's checkpoints are kept under another name."""
+    ckpts = tmp_path / "sft" / "checkpoints"
+    shutil.copytree(reference / "checkpoints", ckpts)
+    earlier = sorted(p.parent.name for p in ckpts.glob("step-*/COMPLETE"))
+    assert earlier and all(int(name[5:]) > 3 for name in earlier)
+    proc = run_train(train_args(synth, tmp_path, "loop.max_steps=3", "loop.grad_accum=2", "checkpoint.every_steps=1",
+                                "checkpoint.keep_last_k=2", "checkpoint.export=false"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.parent.name for p in ckpts.glob("step-*/COMPLETE")) == ["step-00000002", "step-00000003"]
+    (moved,) = [d for d in ckpts.parent.iterdir() if d.name.startswith("checkpoints.")]
+    assert sorted(p.parent.name for p in moved.glob("step-*/COMPLETE")) == earlier
+    events = [r for r in records(tmp_path / "sft") if r.get("event") == "earlier_checkpoints_set_aside"]
+    assert len(events) == 1 and Path(events[0]["moved_to"]) == moved
 
 
 def test_sigkill_of_loader_worker_fails_fast_then_resumes(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
