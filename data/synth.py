@@ -32,7 +32,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 VIDEO_TASKS: tuple[str, ...] = ("caption", "mcq", "grounding", "needle")
 # optional video tasks (not generated unless asked for): "qa" is a multi-turn training conversation
 EXTRA_TASKS: tuple[str, ...] = ("qa",)
-_TASK_FNS: dict[str, Callable[[Scene, np.random.Generator], tuple[list[dict[str, str]], dict[str, Any]]]] = {
+OPTION_ORDERS: tuple[str, ...] = ("shuffled", "canonical")
+CHOICE_TASKS: frozenset[str] = frozenset({"mcq", "needle", "qa"})  # tasks whose options have an order
+_TASK_FNS: dict[str, Callable[..., tuple[list[dict[str, str]], dict[str, Any]]]] = {
     "caption": questions.caption,
     "mcq": questions.mcq,
     "grounding": questions.grounding,
@@ -61,6 +63,7 @@ class SynthConfig:
     max_objects: int = 2
     needle_prob: float = 0.3
     tasks: tuple[str, ...] = VIDEO_TASKS
+    option_order: str = "shuffled"  # shuffled | canonical (options always listed in one fixed order)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -73,6 +76,7 @@ class SynthConfig:
             ("shard_size", self.shard_size >= 1), ("max_objects", 1 <= self.max_objects <= 4),
             ("needle_prob", 0.0 <= self.needle_prob <= 1.0),
             ("tasks", bool(self.tasks) and set(self.tasks) <= set(VIDEO_TASKS + EXTRA_TASKS)),
+            ("option_order", self.option_order in OPTION_ORDERS),
         ]
         for name, ok in checks:
             if not ok:
@@ -125,7 +129,8 @@ def _write_split(cfg: SynthConfig, split: str, n_videos: int, n_images: int) -> 
             for t, task in enumerate(cfg.tasks):
                 if task == "needle" and scene.needle is None:
                     continue
-                conv, answer = _TASK_FNS[task](scene, _rng(cfg.seed, split_code, 1, i, t))
+                kwargs = {"shuffle": cfg.option_order == "shuffled"} if task in CHOICE_TASKS else {}
+                conv, answer = _TASK_FNS[task](scene, _rng(cfg.seed, split_code, 1, i, t), **kwargs)
                 key = f"{vid}_{task}"
                 writer.write(key, {"mp4": mp4, "json": _record(key, "video", task, conv, answer, scene, vid)})
                 tasks[task] += 1
@@ -179,13 +184,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quantum", type=int, default=4, help="event times are multiples of this many seconds")
     p.add_argument("--max-objects", type=int, default=2)
     p.add_argument("--needle-prob", type=float, default=0.3)
+    p.add_argument("--option-order", default="shuffled", choices=OPTION_ORDERS,
+                   help="canonical: multiple-choice options always in one fixed order")
     p.add_argument("--tasks", default=",".join(VIDEO_TASKS),
                    help=f"comma list of video tasks ({', '.join(VIDEO_TASKS + EXTRA_TASKS)})")
     a = p.parse_args(argv)
     cfg = SynthConfig(out=a.out, videos=a.videos, seed=a.seed, images=a.images, min_frames=a.min_frames,
                       max_frames=a.max_frames, size=a.size, fps=a.fps, val_frac=a.val_frac,
                       test_frac=a.test_frac, shard_size=a.shard_size, quantum=a.quantum,
-                      max_objects=a.max_objects, needle_prob=a.needle_prob,
+                      max_objects=a.max_objects, needle_prob=a.needle_prob, option_order=a.option_order,
                       tasks=tuple(t for t in a.tasks.split(",") if t))
     manifest = generate(cfg)
     for split, info in manifest["splits"].items():

@@ -60,9 +60,10 @@ def caption(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[
 
 
 def mcq(scene: Scene, rng: np.random.Generator, kind: str | None = None,
-        obj: SceneObject | None = None) -> tuple[Conversation, dict[str, Any]]:
+        obj: SceneObject | None = None, shuffle: bool = True) -> tuple[Conversation, dict[str, Any]]:
     """A four-option question about one object (colour, shape), the object count or the order
-    (`kind` picks the family, default: drawn among those that apply; `obj` the object asked about)."""
+    (`kind` picks the family, default: drawn among those that apply; `obj` the object asked about).
+    ``shuffle=False`` lists the options in their canonical order (`COLOURS`, `SHAPES`, 1-4, sorted names)."""
     if kind is None:
         kinds = ["colour_of_shape", "shape_of_colour", "count"]
         if len(scene.objects) == 1:
@@ -73,20 +74,22 @@ def mcq(scene: Scene, rng: np.random.Generator, kind: str | None = None,
     if obj is None:
         obj = scene.objects[int(rng.integers(len(scene.objects)))]
     if kind == "colour_of_shape":
-        conv, ans = _mcq(rng, f"What colour is the {obj.shape}?", list(COLOURS), obj.colour)
+        conv, ans = _mcq(rng, f"What colour is the {obj.shape}?", list(COLOURS), obj.colour, shuffle)
     elif kind == "shape_of_colour":
-        conv, ans = _mcq(rng, f"What shape is the {obj.colour} object?", list(SHAPES), obj.shape)
+        conv, ans = _mcq(rng, f"What shape is the {obj.colour} object?", list(SHAPES), obj.shape, shuffle)
     elif kind == "which_shape":
-        conv, ans = _mcq(rng, "Which shape appears in the video?", list(SHAPES), obj.shape)
+        conv, ans = _mcq(rng, "Which shape appears in the video?", list(SHAPES), obj.shape, shuffle)
     elif kind == "count":
         count = str(len(scene.objects))
-        conv, ans = _mcq(rng, "How many shapes appear in the video?", ["1", "2", "3", "4"], count)
+        conv, ans = _mcq(rng, "How many shapes appear in the video?", ["1", "2", "3", "4"], count, shuffle)
     else:
         first = min(scene.objects, key=lambda o: o.appear)
         present = {_name(o) for o in scene.objects}
         pool = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in present]
         distractors = [pool[i] for i in rng.choice(len(pool), size=len(LETTERS) - len(present), replace=False)]
-        conv, ans = _mcq(rng, "Which shape appears first?", sorted(present) + distractors, _name(first))
+        options = sorted(present) + distractors
+        conv, ans = _mcq(rng, "Which shape appears first?", options if shuffle else sorted(options), _name(first),
+                         shuffle)
     ans["type"] = kind
     return conv, ans
 
@@ -102,39 +105,39 @@ def grounding(scene: Scene, rng: np.random.Generator,
                                                                          "object": _name(obj)}
 
 
-def needle(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str, Any]]:
+def needle(scene: Scene, rng: np.random.Generator, shuffle: bool = True) -> tuple[Conversation, dict[str, Any]]:
     """Colour of the one-second full-screen flash; depth = second / (duration - 1)."""
     if scene.needle is None:
         raise ValueError("scene: has no needle to ask about")
     question = "For one second the whole screen shows a single colour. What colour is it?"
-    conv, ans = _mcq(rng, question, list(NEEDLE_COLOURS), scene.needle.colour)
+    conv, ans = _mcq(rng, question, list(NEEDLE_COLOURS), scene.needle.colour, shuffle)
     ans["depth"] = round(scene.needle.second / max(1, scene.duration - 1), 4)
     ans["second"] = scene.needle.second
     return conv, ans
 
 
-def session(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[str, Any]]:
+def session(scene: Scene, rng: np.random.Generator, shuffle: bool = True) -> tuple[Conversation, dict[str, Any]]:
     """Multi-turn training conversation: several question families about one video, one turn each.
 
     No earlier turn gives a later answer away: the needle, the count, then for one object "which
     shape" and its colour, for two objects either "which first" or one attribute (colour or shape)
     of each, and last the grounding questions (whose wording names colour and shape). Every turn
-    draws its own option order.
+    draws its own option order (or uses the canonical one when ``shuffle`` is False).
     """
     turns: list[tuple[str, Conversation, dict[str, Any]]] = []
     if scene.needle is not None:
-        turns.append(("needle", *needle(scene, rng)))
+        turns.append(("needle", *needle(scene, rng, shuffle)))
     kinds = ["count"]
     if len(scene.objects) == 1:
         kinds += ["which_shape", "colour_of_shape"]
     elif rng.random() < 0.5:
         kinds.append("first")
     for kind in kinds:
-        turns.append(("mcq", *mcq(scene, rng, kind=kind)))
+        turns.append(("mcq", *mcq(scene, rng, kind=kind, shuffle=shuffle)))
     if len(scene.objects) >= 2 and "first" not in kinds:
         for obj in scene.objects:
             kind = "colour_of_shape" if rng.random() < 0.5 else "shape_of_colour"
-            turns.append(("mcq", *mcq(scene, rng, kind=kind, obj=obj)))
+            turns.append(("mcq", *mcq(scene, rng, kind=kind, obj=obj, shuffle=shuffle)))
     for obj in scene.objects:
         turns.append(("grounding", *grounding(scene, rng, obj=obj)))
     conv: Conversation = []

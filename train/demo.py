@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.demo_eval import evaluate_all, flatten, needle_sweep
+from train.demo_eval import blind_baseline, evaluate_all, flatten, needle_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_DEFAULTS = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
@@ -112,13 +112,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     print("\n== evaluation (test split)", flush=True)
     evals = evaluate_all(export, out / "data", cfg.eval, out / "eval")
+    blind = blind_baseline(out / "data")
     walls["eval"] = time.perf_counter() - t
     t = time.perf_counter()
     print("== needle sweep over video length", flush=True)
     sweep = needle_sweep(export, cfg.sweep, cfg.eval, int(cfg.data.size), out / "sweep")
     walls["sweep"] = time.perf_counter() - t
     walls["total"] = time.perf_counter() - t0
-    metrics = write_report(out, cfg, manifest, stages, evals, sweep, walls)
+    metrics = write_report(out, cfg, manifest, stages, evals, sweep, walls, blind)
     print_summary(metrics)
     return metrics
 

@@ -135,3 +135,50 @@ def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, size: int, out_
                          "kept_kv_bytes": inf.get("kept_kv_bytes"), "full_kv_bytes": inf.get("full_kv_bytes"),
                          "prompt_tokens": inf.get("prompt_tokens"), "prefill_seconds": inf.get("prefill_seconds")})
     return rows
+
+
+def _records(data: Path, split: str, tasks: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The json records of `split` whose task is in `tasks` (media bytes are read but not decoded)."""
+    import json
+
+    from data.shards import iter_shard
+
+    out = []
+    for shard in sorted(data.glob(f"{split}-*.tar")):
+        for raw in iter_shard(str(shard)):
+            rec = json.loads(raw.members["json"])
+            if rec["task"] in tasks:
+                out.append(rec)
+    return out
+
+
+def blind_baseline(data: Path) -> dict[str, float]:
+    """Scores without looking at the video: per question family the most frequent train letter
+    (mcq, needle) and the most frequent train span (grounding), applied to the test split."""
+    from collections import Counter
+
+    from train.metrics import temporal_iou
+
+    def family(rec: dict[str, Any]) -> str:
+        return f"{rec['task']}/{rec['answer'].get('type', '')}"
+
+    train = _records(data, "train", ("mcq", "needle", "grounding"))
+    test = _records(data, "test", ("mcq", "needle", "grounding"))
+    letters: dict[str, Counter[str]] = {}
+    spans: Counter[tuple[float, float]] = Counter()
+    for rec in train:
+        if rec["task"] == "grounding":
+            spans[tuple(rec["answer"]["span"])] += 1
+        else:
+            letters.setdefault(family(rec), Counter())[rec["answer"]["letter"]] += 1
+    span = spans.most_common(1)[0][0] if spans else (0.0, 0.0)
+    scores: dict[str, list[float]] = {"mcq": [], "needle": [], "grounding": []}
+    for rec in test:
+        if rec["task"] == "grounding":
+            scores["grounding"].append(temporal_iou(span, rec["answer"]["span"]))
+        else:
+            guess = letters.get(family(rec), Counter({"A": 1})).most_common(1)[0][0]
+            scores[rec["task"]].append(float(guess == rec["answer"]["letter"]))
+    return {"mcq_accuracy": sum(scores["mcq"]) / max(1, len(scores["mcq"])),
+            "grounding_miou": sum(scores["grounding"]) / max(1, len(scores["grounding"])),
+            "needle_accuracy": sum(scores["needle"]) / max(1, len(scores["needle"]))}

@@ -74,26 +74,28 @@ def goals(evals: dict[str, dict[str, Any]], gap: dict[str, dict[str, float]]) ->
 
 
 def build_metrics(cfg: DictConfig, manifest: dict[str, Any], stages: list[dict[str, Any]],
-                  evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float]) -> dict[str, Any]:
-    """The metrics.json content."""
+                  evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float],
+                  blind: dict[str, float]) -> dict[str, Any]:
+    """The metrics.json content (`blind`: scores of a video-free guesser, see demo_eval.blind_baseline)."""
     summary = {mode: eval_summary(b) for mode, b in evals.items()}
     gap = gaps(summary)
     return {
         "seed": int(cfg.seed), "data_seed": int(cfg.data.seed),
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "data": {s: {k: v for k, v in info.items() if k != "shards"} for s, info in manifest["splits"].items()},
-        "stages": stages, "eval": summary, "gap_points": gap, "goals": goals(summary, gap),
+        "stages": stages, "eval": summary, "blind_baseline": blind, "gap_points": gap, "goals": goals(summary, gap),
         "eval_detail": {mode: {b: r["metrics"] for b, r in per.items()} for mode, per in evals.items()},
         "sweep": sweep, "wall_s": walls,
     }
 
 
 def write_report(out: Path, cfg: DictConfig, manifest: dict[str, Any], stages: list[dict[str, Any]],
-                 evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float]) -> dict[str, Any]:
+                 evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float],
+                 blind: dict[str, float]) -> dict[str, Any]:
     """Write metrics.json, the plots and report.md under `out`; returns the metrics."""
     from train.report_plots import plot_all
 
-    metrics = build_metrics(cfg, manifest, stages, evals, sweep, walls)
+    metrics = build_metrics(cfg, manifest, stages, evals, sweep, walls, blind)
     metrics["plots"] = plot_all(out, metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(metrics), encoding="utf-8")
@@ -120,14 +122,17 @@ def stage_table(stages: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def eval_table(evals: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown rows of the evaluation table (one row per inference mode)."""
+def eval_table(evals: dict[str, dict[str, Any]], blind: dict[str, float] | None = None) -> list[str]:
+    """Markdown rows of the evaluation table (one row per inference mode, then the video-free baseline)."""
     rows = ["| mode | MCQ acc | grounding mIoU | grounding R@0.5 | needle acc | mean pair density | KV kept ratio |",
             "|---|---|---|---|---|---|---|"]
     for mode, s in evals.items():
         rows.append(f"| {mode} | {_pct(s.get('mcq_accuracy'))} | {_f(s.get('grounding_miou'))} | "
                     f"{_pct(s.get('grounding_R@0.5'))} | {_pct(s.get('needle_accuracy'))} | "
                     f"{_f(s['pair_density'])} | {_f(s['kv_kept_ratio'])} |")
+    if blind is not None:
+        rows.append(f"| blind (no video) | {_pct(blind['mcq_accuracy'])} | {_f(blind['grounding_miou'])} | – | "
+                    f"{_pct(blind['needle_accuracy'])} | – | – |")
     return rows
 
 
@@ -158,7 +163,9 @@ def render_markdown(m: dict[str, Any]) -> str:
               "## Training stages", "", *stage_table(m["stages"]), "", "![loss curves](loss_curves.png)", "",
               "## Evaluation on the held-out test split", "",
               "`full`: full attention prefill and full KV decoding; `sparse`: chunked prefill + bi-level decoding "
-              f"(inference knobs {s['eval']['inference']}).", "", *eval_table(m["eval"]), "",
+              f"(inference knobs {s['eval']['inference']}).", "", *eval_table(m["eval"], m.get("blind_baseline")), "",
+              "`blind`: the most frequent training answer of each question family (letter) or the most frequent "
+              "training span, scored on the same test samples without looking at the video.", "",
               "Gap full − sparse (points): " + "; ".join(
                   f"{mode}: " + ", ".join(f"{k} {v:+.1f}" for k, v in g.items()) for mode, g in m["gap_points"].items()),
               "", "| goal | bar | worst over modes | met |", "|---|---|---|---|"]
@@ -175,7 +182,7 @@ def render_markdown(m: dict[str, Any]) -> str:
 def print_summary(m: dict[str, Any]) -> None:
     """Short summary table on stdout."""
     print("\n" + "\n".join(stage_table(m["stages"])))
-    print("\n" + "\n".join(eval_table(m["eval"])))
+    print("\n" + "\n".join(eval_table(m["eval"], m.get("blind_baseline"))))
     for key, g in m["goals"].items():
         print(f"  {key:<18} worst {_f(g['worst'])}  goal {g['goal']}  {'met' if g['met'] else 'NOT met'}")
     print(f"seed {m['seed']} (data seed {m['data_seed']}); wall: "

@@ -1,0 +1,89 @@
+"""`python -m train.demo` end to end at 2 steps per stage on a handful of generated videos, and the
+report helpers on the numbers that run produced."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.report import eval_summary, gaps, goals, read_losses, render_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac=0.0", "data.needle_prob=1.0",
+         "stages.dts.stage.steps=2", "stages.align.stage.steps=2", "stages.sft.stage.steps=2",
+         "stages.long.stage.steps=2", "common.loop.micro_batch_size=2", "common.loop.loader_workers=0",
+         "common.logging.tqdm=false", "sweep.frames=[16,32]", "sweep.videos_per_length=2"]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "train.demo", f"out={out}", *SMALL], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "| mode | MCQ acc" in proc.stdout and "seed 1234" in proc.stdout
+    return out
+
+
+def test_outputs_and_plots(demo_out: Path) -> None:
+    m = json.loads((demo_out / "metrics.json").read_text())
+    assert [s["stage"] for s in m["stages"]] == ["dts", "align", "sft", "long"]
+    assert all(s["steps"] == 2 and s["final_loss"] is not None for s in m["stages"])
+    assert m["stages"][0]["trainable"] == ["dts", "dts_decoder"] and m["stages"][1]["trainable"] == ["projector"]
+    assert set(m["eval"]) == {"full", "sparse"} and m["seed"] == 1234
+    for mode in m["eval"].values():
+        assert 0.0 <= mode["mcq_accuracy"] <= 1.0 and 0.0 <= mode["grounding_miou"] <= 1.0
+        assert 0.0 < mode["pair_density"] <= 1.0 and 0.0 < mode["kv_kept_ratio"] <= 1.0
+    assert m["eval"]["full"]["pair_density"] == 1.0 and m["eval"]["full"]["kv_kept_ratio"] == 1.0
+    assert {(r["frames"], r["mode"]) for r in m["sweep"]} == {(f, k) for f in (16, 32) for k in ("full", "sparse")}
+    for name in m["plots"]:
+        assert (demo_out / name).read_bytes()[:8] == PNG_MAGIC
+    report = (demo_out / "report.md").read_text()
+    assert all(f"]({name})" in report for name in m["plots"])
+    assert "| dts | 2 |" in report and "Seed **1234**" in report
+
+
+def test_losses_come_from_the_stage_logs(demo_out: Path) -> None:
+    m = json.loads((demo_out / "metrics.json").read_text())
+    for s in m["stages"]:
+        steps, losses = read_losses(s["output_dir"])
+        assert steps == [1, 2] and losses[-1] == pytest.approx(s["final_loss"])
+
+
+def test_summary_matches_the_eval_files(demo_out: Path) -> None:
+    m = json.loads((demo_out / "metrics.json").read_text())
+    per = {b: json.loads((demo_out / "eval" / f"{b}_sparse.json").read_text()) for b in ("mcq", "grounding", "niah")}
+    s = eval_summary(per)
+    assert s["mcq_accuracy"] == m["eval"]["sparse"]["mcq_accuracy"]
+    assert s["needle_accuracy"] == per["niah"]["metrics"]["accuracy"]
+    rows = [json.loads(line) for line in (demo_out / "eval" / "niah_sparse.predictions.jsonl").read_text().splitlines()]
+    kept, full = sum(r["stats"]["kept_kv_bytes"] for r in rows), sum(r["stats"]["full_kv_bytes"] for r in rows)
+    assert s["kv_kept_ratio"] < 1.0 or kept == full
+    assert s["n"]["niah"] == len(rows)
+
+
+def test_gaps_and_goals() -> None:
+    evals = {"full": {"mcq_accuracy": 0.95, "grounding_miou": 0.6, "needle_accuracy": 0.9},
+             "sparse": {"mcq_accuracy": 0.92, "grounding_miou": 0.61, "needle_accuracy": 0.9}}
+    g = gaps(evals)
+    assert g["sparse"]["mcq_accuracy"] == pytest.approx(3.0) and g["sparse"]["grounding_miou"] == pytest.approx(-1.0)
+    met = goals(evals, g)
+    assert met["mcq_accuracy"]["met"] and met["needle_accuracy"]["met"] and met["grounding_miou"]["met"]
+    assert not met["sparse_gap_points"]["met"] and met["sparse_gap_points"]["worst"] == pytest.approx(3.0)
+    evals["sparse"]["needle_accuracy"] = 0.5
+    assert not goals(evals, gaps(evals))["needle_accuracy"]["met"]
+
+
+def test_markdown_renders_from_metrics(demo_out: Path) -> None:
+    m = json.loads((demo_out / "metrics.json").read_text())
+    text = render_markdown(m)
+    assert text == (demo_out / "report.md").read_text()
+    assert text.count("\n| full |") == 1 and text.count("\n| sparse |") == 1
