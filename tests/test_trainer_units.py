@@ -200,8 +200,11 @@ def test_init_distributed_selects_the_local_rank_device(monkeypatch: pytest.Monk
     monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: fake)
     monkeypatch.setattr(deepspeed, "init_distributed", lambda **_: None)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    # init_distributed writes these into os.environ: register each with monkeypatch first (setenv,
+    # then delenv) so that they are restored after the test even when they were unset before it
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("MASTER_PORT", "29999")
     init_distributed(DistEnv(rank=5, world_size=8, local_rank=1))
     assert fake.selected == [1]
