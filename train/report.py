@@ -158,8 +158,9 @@ def render_markdown(m: dict[str, Any]) -> str:
     for split, info in m["data"].items():
         lines.append(f"| {split} | {info['videos']} | {info['images']} | {info['samples']} | {info['tasks']} |")
     lines += ["", f"Videos of {s['data']['min_frames']}–{s['data']['max_frames']} frames at 1 fps, "
-              f"{s['data']['size']}×{s['data']['size']} px; each video yields caption, MCQ, grounding and (when it "
-              "has one) needle samples; splits never share a video.", "",
+              f"{s['data']['size']}×{s['data']['size']} px, options {s['data'].get('option_order', 'shuffled')}; each video "
+              "yields caption, MCQ, grounding, (when it has one) needle and, if listed, a multi-turn `qa` sample "
+              "(training only); splits never share a video.", "",
               "## Training stages", "", *stage_table(m["stages"]), "", "![loss curves](loss_curves.png)", "",
               "## Evaluation on the held-out test split", "",
               "`full`: full attention prefill and full KV decoding; `sparse`: chunked prefill + bi-level decoding "
@@ -168,9 +169,10 @@ def render_markdown(m: dict[str, Any]) -> str:
               "training span, scored on the same test samples without looking at the video.", "",
               "Gap full − sparse (points): " + "; ".join(
                   f"{mode}: " + ", ".join(f"{k} {v:+.1f}" for k, v in g.items()) for mode, g in m["gap_points"].items()),
-              "", "| goal | bar | worst over modes | met |", "|---|---|---|---|"]
+              "", "| goal | bar | worst over modes | blind (no video) | met |", "|---|---|---|---|---|"]
+    blind = m.get("blind_baseline") or {}
     for key, g in m["goals"].items():
-        lines.append(f"| {key} | {g['goal']} | {_f(g['worst'])} | {'yes' if g['met'] else 'no'} |")
+        lines.append(f"| {key} | {g['goal']} | {_f(g['worst'])} | {_f(blind.get(key))} | {'yes' if g['met'] else 'no'} |")
     lines += ["", "![accuracy by video length](accuracy_by_length.png)", "",
               "## Needle sweep over video length (longer than any training video)", "",
               *sweep_table(m["sweep"]), "", "![KV bytes and pair density vs frames](efficiency_vs_frames.png)", "",
