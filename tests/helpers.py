@@ -4,23 +4,54 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
+import signal
 import socket
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Launcher variables the test process may carry; a child must not inherit them, or a 1-process run
+# would believe it is one rank of a larger job.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                 "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for CPU subprocesses of the framework (offline wandb, one thread per rank)."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    """Environment for CPU subprocesses of the framework (offline wandb, one thread per rank), without
+    launcher variables; `extra` is applied last (so it may set them)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
     env.update(extra)
     return env
+
+
+def last_losses(stage_dir: Path) -> dict[int, float]:
+    """Per-step loss of a stage's metrics.jsonl (a step logged twice, e.g. after a resume: the last one)."""
+    out: dict[int, float] = {}
+    for rec in map(json.loads, (stage_dir / "metrics.jsonl").read_text().splitlines()):
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a process and all its descendants (launcher workers, loader workers), then reap them."""
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in reversed(tree):
+        p.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    psutil.wait_procs(tree[1:], timeout=60)
 
 
 def free_port() -> int:

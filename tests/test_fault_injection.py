@@ -35,25 +35,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_faults import Payload, raw_tar
-from test_trainer_resume import last_losses, synth  # noqa: F401  (synth: fixture)
 
 from data.shards import iter_shard
-from helpers import free_port, subprocess_env
+from helpers import free_port, kill_tree, last_losses, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL = 6  # optimizer steps of the reference run
 pytestmark = pytest.mark.slow
 
 
-# Launcher variables a test process may carry (e.g. left behind by an in-process test); a child must
-# not inherit them, or a 1-process run would believe it is one rank of a larger job.
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-             "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
-
-
 def run_env() -> dict[str, str]:
-    """The shared subprocess environment (wandb off: nothing here reads it) without launcher variables."""
-    return {k: v for k, v in subprocess_env(WANDB_MODE="disabled").items() if k not in DIST_VARS}
+    """The shared subprocess environment (launcher variables stripped), wandb off: nothing here reads it."""
+    return subprocess_env(WANDB_MODE="disabled")
 
 
 def train_args(data_root: Path, out: Path, *extra: str) -> list[str]:
@@ -93,17 +86,8 @@ def wait_for(pred: Any, proc: subprocess.Popen[Any], what: str, timeout: float =
         time.sleep(0.02)
 
 
-def kill_tree(proc: subprocess.Popen[Any]) -> None:
-    """SIGKILL a process and all its descendants (loader workers included), then reap them."""
-    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in reversed(tree):
-        p.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    psutil.wait_procs(tree[1:], timeout=60)
-
-
 @pytest.fixture(scope="module")
-def reference(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def reference(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Uninterrupted 1-rank run, micro 1 x grad_accum 2; returns its stage directory."""
     out = tmp_path_factory.mktemp("reference")
     proc = run_train(train_args(synth, out, "loop.grad_accum=2", "checkpoint.every_steps=1000"))
@@ -114,7 +98,7 @@ def reference(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  #
 # --------------------------------------------------------------------------- data parallel
 
 
-def test_two_ranks_equal_one_rank_with_grad_accum(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_ranks_equal_one_rank_with_grad_accum(synth: Path, reference: Path, tmp_path: Path) -> None:
     """Same global batch of 2 samples per step, split over ranks or over accumulation micro-steps.
 
     Data order: the train split is one shard, so with 2 ranks the loader splits by sample ordinal
@@ -181,7 +165,7 @@ runpy.run_module("train", run_name="__main__", alter_sys=True)
 """
 
 
-def test_sigkill_during_checkpoint_save_resumes_previous(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_sigkill_during_checkpoint_save_resumes_previous(synth: Path, reference: Path, tmp_path: Path) -> None:
     every, block = 2, 4  # checkpoints at 2 and 4; the save of step 4 is killed half-written
     args = train_args(synth, tmp_path, "loop.grad_accum=2", f"checkpoint.every_steps={every}")
     ckpts = tmp_path / "sft" / "checkpoints"
@@ -242,7 +226,7 @@ def test_sigkill_during_checkpoint_save_resumes_previous(synth: Path, reference:
     assert after == {s: expect[s] for s in range(block + 1, TOTAL + 1)}
 
 
-def test_fresh_run_sets_an_earlier_runs_checkpoints_aside(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_fresh_run_sets_an_earlier_runs_checkpoints_aside(synth: Path, reference: Path, tmp_path: Path) -> None:
     """A fresh run (resume=null) in an output dir that holds an earlier run's checkpoints at higher
     steps keeps its own newest ones (they are not pruned against the earlier steps), so a later
     resume=auto finds only its own; the earlier run's checkpoints are kept under another name."""
@@ -260,7 +244,7 @@ def test_fresh_run_sets_an_earlier_runs_checkpoints_aside(synth: Path, reference
     assert len(events) == 1 and Path(events[0]["moved_to"]) == moved
 
 
-def test_sigkill_of_loader_worker_fails_fast_then_resumes(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_sigkill_of_loader_worker_fails_fast_then_resumes(synth: Path, reference: Path, tmp_path: Path) -> None:
     """A data-loader worker killed mid-run makes the trainer exit with the worker error (no hang);
     resume=auto then continues from the last checkpoint and reproduces the reference losses."""
     args = train_args(synth, tmp_path, "loop.grad_accum=2", "checkpoint.every_steps=1", "loop.loader_workers=1")
@@ -333,7 +317,7 @@ def faulty_shard_set(synth_root: Path, out: Path, marker: Path) -> tuple[int, di
     return len(good) + 1, expected
 
 
-def test_corrupt_and_malicious_shards_are_skipped_counted_and_never_run(synth: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_corrupt_and_malicious_shards_are_skipped_counted_and_never_run(synth: Path, tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
     probe = tmp_path / "probe"
     pickle.loads(pickle.dumps(Payload(probe)))  # the payload kind really runs when unpickled
@@ -369,7 +353,7 @@ def refusal(stderr: str, what: str) -> bool:
                for line in stderr.splitlines())
 
 
-def test_pickled_checkpoint_and_weights_are_refused(synth: Path, reference: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_pickled_checkpoint_and_weights_are_refused(synth: Path, reference: Path, tmp_path: Path) -> None:
     """A resume checkpoint and an `init_from` export whose files carry a pickled object are refused
     (weights-only unpickling) with an error naming the offending global; the payload never runs."""
     marker = tmp_path / "PWNED"
@@ -410,7 +394,7 @@ BAD_CLI = [  # (overrides, exit code, what stderr must say)
 ]
 
 
-def test_bad_configs_fail_before_deepspeed_through_cli(synth: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_bad_configs_fail_before_deepspeed_through_cli(synth: Path, tmp_path: Path) -> None:
     """`python -m train` exits non-zero naming the field (config errors: exit 2, one line), without
     importing DeepSpeed (checked with -X importtime), creating outputs or running a step."""
     missing = tmp_path / "missing"

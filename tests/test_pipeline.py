@@ -23,14 +23,6 @@ DECLARED = {"dts": {"dts", "dts_decoder"}, "align": {"projector"},
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run([sys.executable, "-m", "data.synth", "--out", str(out), "--videos", "8", "--seed", "0"],
-                   cwd=REPO, env=subprocess_env(), check=True, capture_output=True, timeout=300)
-    return out
-
-
 def common(synth: Path, root: Path) -> list[str]:
     return ["model=tiny", "data=synth", f"data.root={synth}", "preset=tiny", f"output_root={root}",
             "loop.max_steps=6", "checkpoint.every_steps=3", "logging.tqdm=false", "loop.loader_workers=0"]

@@ -5,42 +5,22 @@ checkpoints and exits cleanly."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from helpers import free_port, kill_tree, last_losses, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 K = 3
 TOTAL = 10
 pytestmark = pytest.mark.slow
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run([sys.executable, "-m", "data.synth", "--out", str(out), "--videos", "8", "--seed", "1"],
-                   cwd=REPO, env=env(), check=True, capture_output=True, timeout=300)
-    return out
 
 
 def torchrun_cmd(synth: Path, root: Path, *extra: str) -> list[str]:
@@ -52,22 +32,14 @@ def torchrun_cmd(synth: Path, root: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def last_losses(stage_dir: Path) -> dict[int, float]:
-    out: dict[int, float] = {}
-    for rec in map(json.loads, (stage_dir / "metrics.jsonl").read_text().splitlines()):
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
-
-
 def test_sigkill_then_resume_auto_is_exact(synth: Path, tmp_path: Path) -> None:
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    proc = subprocess.run(torchrun_cmd(synth, ref, f"checkpoint.every_steps={K}"), cwd=REPO, env=env(), capture_output=True, text=True,
+    proc = subprocess.run(torchrun_cmd(synth, ref, f"checkpoint.every_steps={K}"), cwd=REPO, env=subprocess_env(WANDB_MODE="disabled"), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     # a checkpoint after every step, so that wherever the kill lands there is one to resume from
-    killed = subprocess.Popen(torchrun_cmd(synth, cut, "checkpoint.every_steps=1"), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+    killed = subprocess.Popen(torchrun_cmd(synth, cut, "checkpoint.every_steps=1"), cwd=REPO, env=subprocess_env(WANDB_MODE="disabled"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     marker = cut / "dts" / "checkpoints" / f"step-{K:08d}" / "COMPLETE"
     deadline = time.monotonic() + 600
@@ -75,15 +47,10 @@ def test_sigkill_then_resume_auto_is_exact(synth: Path, tmp_path: Path) -> None:
         assert killed.poll() is None, "run ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    # SIGKILL the launcher and every worker (torchrun puts workers in their own sessions)
-    tree = [psutil.Process(killed.pid), *psutil.Process(killed.pid).children(recursive=True)]
-    for p in reversed(tree):
-        p.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    psutil.wait_procs(tree[1:], timeout=60)
+    kill_tree(killed)  # the launcher and every worker (torchrun puts workers in their own sessions)
     assert not (cut / "dts" / "export").exists(), "the run finished before it was killed"
 
-    resumed = subprocess.run(torchrun_cmd(synth, cut, "checkpoint.every_steps=1", "checkpoint.resume=auto"), cwd=REPO, env=env(),
+    resumed = subprocess.run(torchrun_cmd(synth, cut, "checkpoint.every_steps=1", "checkpoint.resume=auto"), cwd=REPO, env=subprocess_env(WANDB_MODE="disabled"),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     events = [json.loads(line) for line in (cut / "dts" / "metrics.jsonl").read_text().splitlines()]
@@ -103,7 +70,7 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(synth: Path, tmp_path: Path)
     cmd = [sys.executable, "-m", "train", "stage=align", "model=tiny", "data=synth", f"data.root={synth}",
            "preset=tiny", "stage.init_from=null", "stage.trainable=[projector]", f"output_root={root}",
            "loop.max_steps=100000", "checkpoint.every_steps=100000", "logging.tqdm=false"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(WANDB_MODE="disabled"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics_file = root / "align" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
