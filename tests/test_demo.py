@@ -21,15 +21,19 @@ SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac
          "common.logging.tqdm=false", "sweep.frames=[16,32]", "sweep.videos_per_length=2"]
 
 
-@pytest.fixture(scope="module")
-def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
+def run_demo(out: Path) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-m", "train.demo", f"out={out}", *SMALL], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "| mode | MCQ acc" in proc.stdout and "seed 1234" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    run_demo(out)
     return out
 
 
@@ -87,3 +91,12 @@ def test_markdown_renders_from_metrics(demo_out: Path) -> None:
     text = render_markdown(m)
     assert text == (demo_out / "report.md").read_text()
     assert text.count("\n| full |") == 1 and text.count("\n| sparse |") == 1
+
+
+def test_rerun_reuses_data_and_starts_stages_fresh(tmp_path: Path) -> None:
+    run_demo(tmp_path)
+    manifest = (tmp_path / "data" / "manifest.json").stat().st_mtime_ns
+    run_demo(tmp_path)
+    assert (tmp_path / "data" / "manifest.json").stat().st_mtime_ns == manifest
+    for stage in ("dts", "align", "sft", "long"):
+        assert read_losses(tmp_path / "runs" / stage)[0] == [1, 2]

@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     manifest = generate_data(cfg, out / "data")
     walls["data"] = time.perf_counter() - t0
     t = time.perf_counter()
+    for stale in ("runs", "eval"):  # a rerun starts its stages fresh (metrics.jsonl files are appended to)
+        shutil.rmtree(out / stale, ignore_errors=True)
     stages = train_stages(cfg, out)
     walls["train"] = time.perf_counter() - t
     export = Path(stages[-1]["export"])
