@@ -63,31 +63,25 @@ def stage_overrides(cfg: DictConfig, stage: str, out: Path) -> list[str]:
 
 
 def train_stages(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
-    """Train every stage in order; returns one summary per stage."""
-    import gc
+    """Train every stage in order (train.pipeline.run_pipeline); returns one summary per stage."""
+    from train.pipeline import run_pipeline
 
-    from train.pipeline import compose_stage
-    from train.trainer import train_stage
-
+    stages = [str(s) for s in cfg.stages]
+    per_stage = {s: stage_overrides(cfg, s, out) for s in stages}
+    outcomes = run_pipeline(stages, [], per_stage)
     rows: list[dict[str, Any]] = []
-    previous: str | None = None
-    for stage in cfg.stages:
-        run, raw = compose_stage(str(stage), stage_overrides(cfg, str(stage), out), previous)
-        print(f"\n== stage {stage}: {run.stage.trainable}, {run.stage.steps} steps", flush=True)
-        start = time.perf_counter()
-        result = train_stage(run, raw)
-        wall = time.perf_counter() - start
-        if result.stopped_by_signal:
+    for stage in stages:
+        if stage not in outcomes or outcomes[stage].result.stopped_by_signal:
             raise SystemExit(f"stage {stage} stopped by a signal")
-        previous = str(Path(run.output_dir) / "export")
-        rows.append({"stage": str(stage), "steps": result.state.step, "samples": result.state.samples,
+        run, result = outcomes[stage].run, outcomes[stage].result
+        rows.append({"stage": stage, "steps": result.state.step, "samples": result.state.samples,
                      "trainable": list(run.stage.trainable), "lr": dict(run.stage.lr),
                      "frames_upbound": run.stage.frames_upbound, "tasks": run.stage.data.tasks,
                      "batch": run.loop.micro_batch_size * run.loop.grad_accum,
                      "first_loss": result.losses[0] if result.losses else None,
                      "final_loss": result.losses[-1] if result.losses else None,
-                     "wall_s": wall, "output_dir": run.output_dir, "export": previous})
-        gc.collect()
+                     "wall_s": outcomes[stage].wall_s, "output_dir": run.output_dir,
+                     "export": outcomes[stage].export})
     return rows
 
 

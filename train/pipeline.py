@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -34,7 +37,8 @@ def compose_stage(stage: str, overrides: list[str], init_from: str | None) -> tu
     return parse_run_config(raw), raw
 
 
-def validate_stages(stages: list[str], overrides: list[str]) -> None:
+def validate_stages(stages: list[str], overrides: list[str],
+                    stage_overrides: Mapping[str, Sequence[str]] | None = None) -> None:
     """Compose and validate every stage before any trains (raises ConfigError naming the field).
 
     The first stage gets every check `python -m train` makes; a later stage starts from its
@@ -43,27 +47,41 @@ def validate_stages(stages: list[str], overrides: list[str]) -> None:
     """
     previous: str | None = None
     for s in stages:
-        run, _ = compose_stage(s, overrides, previous)
+        run, _ = compose_stage(s, [*overrides, *(stage_overrides or {}).get(s, ())], previous)
         check_run(run, check_paths=previous is None)
         previous = str(Path(run.output_dir) / "export")
 
 
-def run_pipeline(stages: list[str], overrides: list[str]) -> dict[str, LoopResult]:
-    """Train `stages` in order; returns each stage's loop result."""
+@dataclass
+class StageOutcome:
+    """One trained stage: its resolved config, loop result, wall time and export directory."""
+
+    run: RunConfig
+    result: LoopResult
+    wall_s: float
+    export: str
+
+
+def run_pipeline(stages: list[str], overrides: list[str],
+                 stage_overrides: Mapping[str, Sequence[str]] | None = None) -> dict[str, StageOutcome]:
+    """Train `stages` in order, each from the previous stage's export; `overrides` apply to every
+    stage, `stage_overrides[stage]` to that stage only (after `overrides`)."""
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"--stages: unknown stage {s!r} (known: {', '.join(STAGES)})")
-    validate_stages(stages, overrides)
-    results: dict[str, LoopResult] = {}
+    validate_stages(stages, overrides, stage_overrides)
+    outcomes: dict[str, StageOutcome] = {}
     previous: str | None = None
     for s in stages:
-        run, raw = compose_stage(s, overrides, previous)
-        results[s] = train_stage(run, raw)
-        if results[s].stopped_by_signal:
-            break
+        run, raw = compose_stage(s, [*overrides, *(stage_overrides or {}).get(s, ())], previous)
+        start = time.perf_counter()
+        result = train_stage(run, raw)
         previous = str(Path(run.output_dir) / "export")
+        outcomes[s] = StageOutcome(run, result, time.perf_counter() - start, previous)
+        if result.stopped_by_signal:
+            break
         gc.collect()
-    return results
+    return outcomes
 
 
 def main(argv: list[str] | None = None) -> None:
