@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data.collate import DecodedSample, SampleOptions, collate, decode_sample
 from data.faults import BAD_SHARD, REASONS, UNKNOWN_KEY, FaultCounter, SampleFault, merge_counts
 from data.mix import DataConfig, ResolvedSource, resolve_split
-from data.shards import SHARD_READ_ERRORS, RawSample, iter_shard
+from data.shards import SHARD_READ_ERRORS, RawSample
 
 STATE_VERSION = 1
 
@@ -119,13 +119,8 @@ def source_epoch(plan: StreamPlan, src_idx: int, epoch: int, worker: int,
             owner = pos % n == g
             if by_shard and not owner:
                 continue
-            keep = None if src.keep is None else src.keep.get(shard, frozenset())
-            if keep is not None and not keep:
-                continue
             try:
-                for sample in iter_shard(shard):
-                    if keep is not None and sample.key not in keep:
-                        continue
+                for sample in src.kept_samples(shard):
                     if not by_shard:
                         mine = ordinal % n == g
                         ordinal += 1

@@ -17,14 +17,14 @@ import glob
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from data.shards import SHARD_READ_ERRORS, iter_shard_keys
+from data.shards import SHARD_READ_ERRORS, RawSample, iter_shard, iter_shard_keys
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,16 @@ class ResolvedSource:
     shards: tuple[str, ...]
     weight: float
     keep: dict[str, frozenset[str]] | None  # shard -> kept keys; None keeps everything
+
+    def kept_samples(self, shard: str) -> Iterator[RawSample]:
+        """Raw samples of ``shard`` that this source's strategy keeps, in stored order (shard read
+        errors propagate; a shard with no kept key is not opened)."""
+        kept = None if self.keep is None else self.keep.get(shard, frozenset())
+        if kept is not None and not kept:
+            return
+        for sample in iter_shard(shard):
+            if kept is None or sample.key in kept:
+                yield sample
 
 
 def resolve_split(cfg: DataConfig, split: str, seed: int) -> list[ResolvedSource]:

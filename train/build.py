@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from data.mix import DataConfig
+from data.mix import DataConfig, ResolvedSource
 from train import checkpoint as ckpt
 from train.config import ConfigError, RunConfig, data_error, validate_run_config
 
@@ -110,22 +110,17 @@ def _check_data(run: RunConfig, check_paths: bool) -> None:
             raise data_error(exc, prefix) from exc
 
 
-def _count_tasks(shards: tuple[str, ...], keep: dict[str, frozenset[str]] | None, tasks: frozenset[str]) -> int:
-    """Samples of `shards` (restricted to `keep`) whose json `task` is in `tasks`, read the way the
-    loader reads them (known keys only; broken records and unreadable shards are not counted)."""
+def _count_tasks(src: ResolvedSource, tasks: frozenset[str]) -> int:
+    """Samples of `src` whose json `task` is in `tasks`, read the way the loader reads them (known keys
+    only; broken records and unreadable shards are not counted)."""
     from data.collate import parse_record
     from data.faults import SampleFault
-    from data.shards import SHARD_READ_ERRORS, iter_shard
+    from data.shards import SHARD_READ_ERRORS
 
     total = 0
-    for shard in shards:
-        kept = None if keep is None else keep.get(shard, frozenset())
-        if kept is not None and not kept:
-            continue
+    for shard in src.shards:
         try:
-            for raw in iter_shard(shard):
-                if kept is not None and raw.key not in kept:
-                    continue
+            for raw in src.kept_samples(shard):
                 try:
                     rec = parse_record(raw)
                 except SampleFault:
@@ -146,7 +141,7 @@ def count_train_samples(run: RunConfig) -> int:
     total = 0
     for src in resolve_split(data_config(run), "train", run.seed):
         if tasks is not None:
-            total += _count_tasks(src.shards, src.keep, frozenset(tasks))
+            total += _count_tasks(src, frozenset(tasks))
         elif src.keep is not None:
             total += sum(len(v) for v in src.keep.values())
         else:
