@@ -15,6 +15,29 @@ def _pyplot() -> Any:
     return plt
 
 
+def _style(ax: Any, title: str, xlabel: str, ylabel: str | None = None, *, log2_x: bool = False,
+           unit_y: bool = False, legend_size: float | None = None) -> None:
+    """Title, labels, scales, legend and grid of one panel."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    if unit_y:
+        ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Any, plt: Any, out: Path, name: str) -> str:
+    """Write `fig` as out/name (PNG) and close it; returns the name."""
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def plot_losses(out: Path, stages: list[dict[str, Any]]) -> str:
     """One loss-curve panel per stage, from each stage's metrics.jsonl."""
     from train.report import read_losses
@@ -29,11 +52,7 @@ def plot_losses(out: Path, stages: list[dict[str, Any]]) -> str:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss")
-    fig.tight_layout()
-    name = "loss_curves.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return _save(fig, plt, out, "loss_curves.png")
 
 
 def plot_accuracy_by_length(out: Path, m: dict[str, Any]) -> str:
@@ -47,27 +66,14 @@ def plot_accuracy_by_length(out: Path, m: dict[str, Any]) -> str:
             labels = list(buckets)
             ax.plot(labels, [buckets[k]["score"] for k in labels], styles.get(mode, ":"), marker="o",
                     label=f"{bench} ({mode})")
-    ax.set_title("test split: score by video length")
-    ax.set_xlabel("video length bucket")
-    ax.set_ylabel("accuracy / mIoU")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _style(ax, "test split: score by video length", "video length bucket", "accuracy / mIoU", unit_y=True,
+           legend_size=7)
     for mode in dict.fromkeys(r["mode"] for r in m["sweep"]):
         rows = [r for r in m["sweep"] if r["mode"] == mode]
         bx.plot([r["frames"] for r in rows], [r["accuracy"] for r in rows], styles.get(mode, ":"), marker="o",
                 label=mode)
-    bx.set_xscale("log", base=2)
-    bx.set_title("needle accuracy vs frames (sweep)")
-    bx.set_xlabel("frames (1 fps)")
-    bx.set_ylim(0, 1.05)
-    bx.legend()
-    bx.grid(alpha=0.3)
-    fig.tight_layout()
-    name = "accuracy_by_length.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    _style(bx, "needle accuracy vs frames (sweep)", "frames (1 fps)", log2_x=True, unit_y=True)
+    return _save(fig, plt, out, "accuracy_by_length.png")
 
 
 def plot_efficiency(out: Path, sweep: list[dict[str, Any]]) -> str:
@@ -82,25 +88,11 @@ def plot_efficiency(out: Path, sweep: list[dict[str, Any]]) -> str:
     if sweep:
         rows = [r for r in sweep if r["mode"] == sweep[0]["mode"]]
         ax.plot([r["frames"] for r in rows], [r["full_kv_bytes"] / 1024 for r in rows], "k:", label="full cache")
-    ax.set_title("KV cache at decode start")
-    ax.set_xlabel("frames")
-    ax.set_ylabel("KiB")
-    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    bx.set_title("attention-pair density of the prefill")
-    bx.set_xlabel("frames")
-    bx.set_ylabel("allowed / causal pairs")
-    bx.set_xscale("log", base=2)
-    bx.set_ylim(0, 1.05)
-    bx.legend()
-    bx.grid(alpha=0.3)
-    fig.tight_layout()
-    name = "efficiency_vs_frames.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    _style(ax, "KV cache at decode start", "frames", "KiB", log2_x=True, legend_size=8)
+    _style(bx, "attention-pair density of the prefill", "frames", "allowed / causal pairs", log2_x=True,
+           unit_y=True)
+    return _save(fig, plt, out, "efficiency_vs_frames.png")
 
 
 def plot_all(out: Path, m: dict[str, Any]) -> list[str]:
