@@ -61,12 +61,18 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
             for conv in (module.qkv, module.proj_out):
                 init.zeros_(conv.weight)
                 init.zeros_(conv.bias)
-        elif isinstance(module, nn.Conv3d):
+        elif isinstance(module, nn.Conv3d) or (isinstance(module, nn.Linear) and self._is_projector_layer(module)):
+            # fan-in scaled (PyTorch's default): the projector keeps the scale of the vision features instead
+            # of shrinking them ~30x as a std-0.02 init would, so a fresh model can read its visual tokens.
             fan_in = module.weight[0].numel()
             init.kaiming_uniform_(module.weight, a=5**0.5)
             init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
         else:
             super()._init_weights(module)
+
+    def _is_projector_layer(self, module: nn.Module) -> bool:
+        projector = getattr(self, "projector", None)
+        return projector is not None and any(module is layer for layer in projector)
 
     # -- embeddings plumbing -------------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:

@@ -279,6 +279,19 @@ def test_visual_content_changes_logits(tiny: VideoXL2ForCausalLM) -> None:
     assert (a - b).abs().max() > 1e-4
 
 
+def test_fresh_projector_keeps_the_feature_scale(tiny: VideoXL2ForCausalLM) -> None:
+    """Projector layers start fan-in scaled (bound 1/sqrt(fan_in)), not at the LLM's std-0.02 init, which
+    would shrink unit-scale vision features to ~1% and slow learning to read them."""
+    for layer in (tiny.projector[0], tiny.projector[2]):
+        bound = layer.weight.shape[1] ** -0.5
+        assert layer.weight.abs().max() <= bound + 1e-6
+        assert layer.weight.std() > 0.8 * bound / math.sqrt(3.0)  # uniform(-b, b) has std b / sqrt(3)
+    features = torch.randn(64, tiny.config.vision_hidden_size)
+    with torch.no_grad():
+        out = tiny.projector(features)
+    assert out.pow(2).mean().sqrt() > 0.1  # a std-0.02 init gives ~0.02 here
+
+
 def test_freezing_routes_gradients_only_to_trainable(tiny: VideoXL2ForCausalLM) -> None:
     tiny.requires_grad_(False)
     tiny.dts.requires_grad_(True)
