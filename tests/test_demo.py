@@ -16,6 +16,7 @@ from train.report import eval_summary, gaps, goals, read_losses, render_markdown
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac=0.0", "data.needle_prob=1.0",
+         "short_data.videos=6", "short_data.images=6",
          "stages.dts.stage.steps=2", "stages.align.stage.steps=2", "stages.sft.stage.steps=2",
          "stages.long.stage.steps=2", "common.loop.micro_batch_size=2", "common.loop.loader_workers=0",
          "common.logging.tqdm=false", "sweep.frames=[16,32]", "sweep.videos_per_length=2"]
@@ -41,7 +42,7 @@ def test_outputs_and_plots(demo_out: Path) -> None:
     m = json.loads((demo_out / "metrics.json").read_text())
     assert [s["stage"] for s in m["stages"]] == ["dts", "align", "sft", "long"]
     assert all(s["steps"] == 2 and s["final_loss"] is not None for s in m["stages"])
-    assert m["stages"][0]["trainable"] == ["dts", "dts_decoder"] and m["stages"][1]["trainable"] == ["projector"]
+    assert m["stages"][0]["trainable"] == ["dts", "dts_decoder"] and m["stages"][1]["trainable"] == ["projector", "llm"]
     assert set(m["eval"]) == {"full", "sparse"} and m["seed"] == 1234
     for mode in m["eval"].values():
         assert 0.0 <= mode["mcq_accuracy"] <= 1.0 and 0.0 <= mode["grounding_miou"] <= 1.0
@@ -74,6 +75,25 @@ def test_summary_matches_the_eval_files(demo_out: Path) -> None:
     assert s["n"]["niah"] == len(rows)
 
 
+def test_stage_overrides_reach_the_stage_config(demo_out: Path) -> None:
+    """Demo stage settings (incl. keys the base recipe lacks, lists of source mappings) arrive typed."""
+    m = json.loads((demo_out / "metrics.json").read_text())
+    sft = next(s for s in m["stages"] if s["stage"] == "sft")
+    assert sft["trainable"] == ["projector", "llm"] and sft["tasks"] == ["qa"]
+    assert sft["lr"]["llm"] == pytest.approx(2.0e-3) and sft["frames_upbound"] == 24
+    assert m["settings"]["short_data"]["max_frames"] == 24
+
+
+def test_hydra_values_quote_and_nest() -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from train.demo_eval import flatten
+
+    tree = {"stage": {"data": {"train": [{"shards": "short/train-*.tar", "weight": 1.0}]}, "name": "it's x"}}
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(flatten(tree))}
+    assert parsed == {"stage.data.train": [{"shards": "short/train-*.tar", "weight": 1.0}], "stage.name": "it's x"}
+
+
 def test_gaps_and_goals() -> None:
     evals = {"full": {"mcq_accuracy": 0.95, "grounding_miou": 0.6, "needle_accuracy": 0.9},
              "sparse": {"mcq_accuracy": 0.92, "grounding_miou": 0.61, "needle_accuracy": 0.9}}
@@ -95,8 +115,9 @@ def test_markdown_renders_from_metrics(demo_out: Path) -> None:
 
 def test_rerun_reuses_data_and_starts_stages_fresh(tmp_path: Path) -> None:
     run_demo(tmp_path)
-    manifest = (tmp_path / "data" / "manifest.json").stat().st_mtime_ns
+    manifests = [tmp_path / "data" / "manifest.json", tmp_path / "data" / "short" / "manifest.json"]
+    mtimes = [p.stat().st_mtime_ns for p in manifests]
     run_demo(tmp_path)
-    assert (tmp_path / "data" / "manifest.json").stat().st_mtime_ns == manifest
+    assert [p.stat().st_mtime_ns for p in manifests] == mtimes
     for stage in ("dts", "align", "sft", "long"):
         assert read_losses(tmp_path / "runs" / stage)[0] == [1, 2]

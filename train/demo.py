@@ -2,7 +2,8 @@
 
     python -m train.demo [key=value ...]     # overrides of conf/demo.yaml (OmegaConf dotted keys)
 
-Steps: data.synth into ``<out>/data``; dts -> align -> sft -> long on the tiny preset, each from the
+Steps: data.synth into ``<out>/data`` (and, when ``short_data`` is set, a short-video set into
+``<out>/data/short`` for the stages that name it); dts -> align -> sft -> long on the tiny preset, each from the
 previous stage's export (train.pipeline.compose_stage + train.trainer.train_stage, in this process,
 world size 1); every bench on the held-out test split with full attention and with chunked prefill
 + bi-level decoding; a needle sweep over longer generated videos; ``<out>/report.md``,
@@ -36,11 +37,11 @@ def load_config(argv: list[str]) -> DictConfig:
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
 
 
-def generate_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Generate the dataset into `out` (reused when its manifest matches the requested settings)."""
+def generate_data(settings: DictConfig, out: Path) -> dict[str, Any]:
+    """Generate one dataset (SynthConfig fields in `settings`) into `out`; reused when its manifest matches."""
     from data.synth import SynthConfig, generate
 
-    args = OmegaConf.to_container(cfg.data, resolve=True)
+    args = OmegaConf.to_container(settings, resolve=True)
     assert isinstance(args, dict)
     if "tasks" in args:
         args["tasks"] = tuple(args["tasks"])
@@ -59,7 +60,9 @@ def stage_overrides(cfg: DictConfig, stage: str, out: Path) -> list[str]:
     """Hydra overrides of conf/config.yaml for one stage of the demo."""
     base = [f"model={cfg.model}", "data=synth", f"data.root={out / 'data'}", f"output_root={out / 'runs'}",
             f"seed={cfg.seed}", "preset=none", *[str(g) for g in cfg.groups]]
-    return base + flatten(cfg.common) + flatten(cfg.stages[stage])
+    # `++` sets a key whether or not the recipe has it (e.g. an lr for a module the recipe does not train);
+    # the typed RunConfig still rejects unknown keys.
+    return base + [f"++{o}" for o in flatten(cfg.common) + flatten(cfg.stages[stage])]
 
 
 def train_stages(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
@@ -75,7 +78,8 @@ def train_stages(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
             raise SystemExit(f"stage {stage} stopped by a signal")
         run, result = outcomes[stage].run, outcomes[stage].result
         rows.append({"stage": stage, "steps": result.state.step, "samples": result.state.samples,
-                     "trainable": list(run.stage.trainable), "lr": dict(run.stage.lr),
+                     "trainable": list(run.stage.trainable),
+                     "lr": {k: v for k, v in run.stage.lr.items() if k in run.stage.trainable},
                      "frames_upbound": run.stage.frames_upbound, "tasks": run.stage.data.tasks,
                      "batch": run.loop.micro_batch_size * run.loop.grad_accum,
                      "first_loss": result.losses[0] if result.losses else None,
@@ -97,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls: dict[str, float] = {}
     t0 = time.perf_counter()
     print(f"== data -> {out / 'data'}", flush=True)
-    manifest = generate_data(cfg, out / "data")
+    manifest = generate_data(cfg.data, out / "data")
+    if cfg.get("short_data"):  # short videos for the stages before `long`: `data` with these fields replaced
+        generate_data(OmegaConf.merge(cfg.data, cfg.short_data), out / "data" / "short")
     walls["data"] = time.perf_counter() - t0
     t = time.perf_counter()
     for stale in ("runs", "eval"):  # a rerun starts its stages fresh (metrics.jsonl files are appended to)
