@@ -71,8 +71,7 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
             super()._init_weights(module)
 
     def _is_projector_layer(self, module: nn.Module) -> bool:
-        projector = getattr(self, "projector", None)
-        return projector is not None and any(module is layer for layer in projector)
+        return any(module is layer for layer in self.projector)
 
     # -- embeddings plumbing -------------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
