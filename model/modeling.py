@@ -115,6 +115,28 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
         projected = self.projector(tokens.to(self.projector[0].weight.dtype))
         return pool_grid(projected, cfg.interp_grid, cfg.video_pool)
 
+    @torch.no_grad()
+    def standardize_projector_output(self, mean: torch.Tensor, std: torch.Tensor, target_std: float) -> None:
+        """Fold a per-channel affine map into the projector's last Linear so that visual tokens whose
+        channels had `mean` and `std` come out centred with std `target_std` (the 2x2 average pool
+        after the projector is linear, so it keeps both)."""
+        last = self.projector[-1]
+        if not isinstance(last, nn.Linear):
+            raise TypeError(f"projector: last layer is {type(last).__name__}, expected Linear")
+        width = last.out_features
+        for name, value in (("mean", mean), ("std", std)):
+            if value.shape != (width,):
+                raise ValueError(f"{name}: expected shape ({width},), got {tuple(value.shape)}")
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name}: holds non-finite values")
+        if not bool((std > 0).all()):
+            raise ValueError("std: every channel must be > 0 (a constant channel cannot be rescaled)")
+        if not target_std > 0:
+            raise ValueError(f"target_std: must be > 0, got {target_std}")
+        scale = (target_std / std.double()).to(last.weight.dtype)
+        last.weight.mul_(scale.unsqueeze(1))
+        last.bias.sub_(mean.to(last.bias.dtype)).mul_(scale)
+
     def embed_inputs(self, input_ids: torch.Tensor, visual_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with `visual_embeds` (G, T, d) written over the <|vision_pad|> positions, row-major."""
         embeds = self.llm.get_input_embeddings()(input_ids)

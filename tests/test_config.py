@@ -84,6 +84,10 @@ BAD = [
     (["+data.bogus=1"], "data"),
     (["data.train=[]"], "data.train"),
     (["stage.data.train=[{shards: a.tar, weight: 0}]"], "stage.data.train[0].weight"),
+    (["stage=align", "stage.calibrate_projector.target_std=0"], "stage.calibrate_projector.target_std"),
+    (["stage=sft", "+stage.calibrate_projector.batches=-1"], "stage.calibrate_projector.batches"),
+    (["stage=sft", "stage.trainable=[llm]", "+stage.calibrate_projector.batches=4"],
+     "stage.calibrate_projector.batches"),
 ]
 
 

@@ -56,6 +56,10 @@ def check_stages(root: Path) -> None:
         assert set(info["trainable"]) == DECLARED[s] and info["step"] == 6
         assert (root / s / "export" / "tokenizer.json").is_file()
         assert (root / s / "export" / "train_config.yaml").is_file()
+    # preset=tiny calibrates the fresh projector before align's first step, from both ranks' batches
+    events = [json.loads(line) for line in (root / "align" / "metrics.jsonl").read_text().splitlines()]
+    calibrated = [e for e in events if e.get("event") == "projector_calibrated"]
+    assert len(calibrated) == 1 and calibrated[0]["step"] == 0 and calibrated[0]["tokens"] > 0, calibrated
     for prev, nxt in zip(STAGES, STAGES[1:], strict=False):
         a, b = exports[prev], exports[nxt]
         assert a.keys() == b.keys()

@@ -63,6 +63,16 @@ class StageDataConfig:
 
 
 @dataclass
+class ProjectorCalibrationConfig:
+    """Data-dependent projector start (train/calibrate.py): before the first step, `batches` training
+    batches per rank set every channel of the visual tokens to mean 0 and std `target_std`
+    (0 batches: off). For a projector in front of a vision encoder that has not learnt anything yet."""
+
+    batches: int = 0
+    target_std: float = 0.1
+
+
+@dataclass
 class StageConfig:
     """One training stage: what is trained, how, on what, and where it starts from."""
 
@@ -80,6 +90,7 @@ class StageConfig:
     epochs: float | None = None
     init_from: str | None = None
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    calibrate_projector: ProjectorCalibrationConfig = field(default_factory=ProjectorCalibrationConfig)
 
 
 @dataclass
@@ -324,6 +335,15 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("stage.masking.mask_ratio", "must be in (0, 1)")
     if not 0.0 <= st.masking.semantic_fraction <= 1.0:
         raise ConfigError("stage.masking.semantic_fraction", "must be in [0, 1]")
+    cal = st.calibrate_projector
+    if cal.batches < 0:
+        raise ConfigError("stage.calibrate_projector.batches", "must be >= 0 (0 turns calibration off)")
+    if not cal.target_std > 0:
+        raise ConfigError("stage.calibrate_projector.target_std", f"must be > 0, got {cal.target_std}")
+    if cal.batches and ("projector" not in st.trainable or st.loss != "lm"):
+        raise ConfigError("stage.calibrate_projector.batches",
+                          "calibrates a projector that this stage trains with the lm loss; "
+                          f"this stage trains {st.trainable} with {st.loss!r}")
     ds = run.deepspeed
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError("deepspeed.zero_stage", f"must be 0..3, got {ds.zero_stage}")

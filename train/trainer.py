@@ -175,6 +175,27 @@ def _stop_agreed(stop: StopRequest, dev: torch.device) -> bool:
     return all_reduce_max(1.0 if stop.requested else 0.0, dev) > 0
 
 
+def _calibrate_projector(run: RunConfig, module: Any, tokenizer: Any, model_cfg: Any,
+                         dist: DistEnv) -> dict[str, float]:
+    """Standardise the fresh projector's output on this stage's own first training batches
+    (a separate, non-looping loader: the training loader's position is untouched)."""
+    from deepspeed.accelerator import get_accelerator
+
+    from data.loader import build_loader
+    from train import build
+    from train.calibrate import calibrate_projector
+
+    device = torch.device(get_accelerator().current_device_name())
+    module.to(device)
+    cal = run.stage.calibrate_projector
+    loader = build_loader(build.data_config(run), tokenizer, model_cfg, split="train",
+                          batch_size=run.loop.micro_batch_size, num_workers=0, rank=dist.rank,
+                          world_size=dist.world_size, seed=run.seed, frames_upbound=run.stage.frames_upbound,
+                          fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=False,
+                          tasks=run.stage.data.tasks)
+    return calibrate_projector(module.model, iter(loader), cal.batches, cal.target_std, device)
+
+
 def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     """Run one stage end to end; see the module docstring."""
     from train import build, export
@@ -196,6 +217,9 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     seed_everything(run.seed)  # identical initial weights on every rank
     parts = build.build_train_module(run, model_cfg)
     module = parts.train_module
+    calibration = None
+    if run.stage.calibrate_projector.batches and resume_path is None:  # a resumed run loads calibrated weights
+        calibration = _calibrate_projector(run, module, tokenizer, parts.model_cfg, dist)
     flops = flop_model_for(module, run.stage.trainable)
     trainable = {name: module.trainable_modules()[name] for name in run.stage.trainable}
     groups = param_groups(trainable, run.stage.lr, run.stage.weight_decay)
@@ -234,6 +258,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     result = LoopResult(state=state)
     if resume_path is not None:
         logger.event("resume", state.step, checkpoint=str(resume_path))
+    if calibration is not None:
+        logger.event("projector_calibrated", state.step, **calibration)
     if earlier is not None:
         logger.event("earlier_checkpoints_set_aside", state.step, moved_to=str(earlier))
 
