@@ -79,9 +79,12 @@ def test_stage_overrides_reach_the_stage_config(demo_out: Path) -> None:
     """Demo stage settings (incl. keys the base recipe lacks, lists of source mappings) arrive typed."""
     m = json.loads((demo_out / "metrics.json").read_text())
     sft = next(s for s in m["stages"] if s["stage"] == "sft")
-    assert sft["trainable"] == ["projector", "llm"] and sft["tasks"] == ["qa"]
+    assert sft["trainable"] == ["projector", "llm"] and sft["tasks"] == ["mcq", "needle"]
     assert sft["lr"]["llm"] == pytest.approx(2.0e-3) and sft["frames_upbound"] == 24
     assert m["settings"]["short_data"]["max_frames"] == 24
+    align = next(s for s in m["stages"] if s["stage"] == "align")
+    events = [json.loads(line) for line in (Path(align["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if "event" in e] == ["projector_calibrated"]
 
 
 def test_hydra_values_quote_and_nest() -> None:
