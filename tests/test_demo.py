@@ -49,6 +49,9 @@ def test_outputs_and_plots(demo_out: Path) -> None:
         assert 0.0 < mode["pair_density"] <= 1.0 and 0.0 < mode["kv_kept_ratio"] <= 1.0
     assert m["eval"]["full"]["pair_density"] == 1.0 and m["eval"]["full"]["kv_kept_ratio"] == 1.0
     assert {(r["frames"], r["mode"]) for r in m["sweep"]} == {(f, k) for f in (16, 32) for k in ("full", "sparse")}
+    for f in (16, 32):  # the sweep asks its questions the way the training data did
+        sweep_data = json.loads((demo_out / "sweep" / "data" / f"frames_{f}" / "manifest.json").read_text())
+        assert sweep_data["config"]["option_order"] == m["settings"]["data"]["option_order"]
     for name in m["plots"]:
         assert (demo_out / name).read_bytes()[:8] == PNG_MAGIC
     report = (demo_out / "report.md").read_text()

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls["eval"] = time.perf_counter() - t
     t = time.perf_counter()
     print("== needle sweep over video length", flush=True)
-    sweep = needle_sweep(export, cfg.sweep, cfg.eval, int(cfg.data.size), out / "sweep")
+    sweep = needle_sweep(export, cfg.sweep, cfg.eval, int(cfg.data.size), str(cfg.data.option_order),
+                         out / "sweep")
     walls["sweep"] = time.perf_counter() - t
     walls["total"] = time.perf_counter() - t0
     metrics = write_report(out, cfg, manifest, stages, evals, sweep, walls, blind)

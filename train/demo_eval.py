@@ -104,8 +104,9 @@ def evaluate_all(ckpt: Path, data: Path, ecfg: DictConfig, out_dir: Path) -> dic
     return results
 
 
-def make_sweep_data(scfg: DictConfig, size: int, root: Path) -> dict[int, Path]:
-    """Needle-only test shards of exactly `frames` 1-fps frames per length: ``{frames: shard dir}``."""
+def make_sweep_data(scfg: DictConfig, size: int, option_order: str, root: Path) -> dict[int, Path]:
+    """Needle-only test shards of exactly `frames` 1-fps frames per length: ``{frames: shard dir}``
+    (frame size and option order as in the data the model was trained on)."""
     from data.synth import SynthConfig, generate
 
     dirs: dict[int, Path] = {}
@@ -116,12 +117,14 @@ def make_sweep_data(scfg: DictConfig, size: int, root: Path) -> dict[int, Path]:
             # test takes n of n + 1 videos (the single train video is never read)
             generate(SynthConfig(out=str(out), videos=n + 1, images=0, seed=int(scfg.seed) + int(frames),
                                  min_frames=int(frames), max_frames=int(frames), size=size, val_frac=0.0,
-                                 test_frac=n / (n + 1) - 1e-6, needle_prob=1.0, tasks=("needle",)))
+                                 test_frac=n / (n + 1) - 1e-6, needle_prob=1.0, tasks=("needle",),
+                                 option_order=option_order))
         dirs[int(frames)] = out
     return dirs
 
 
-def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, size: int, out_dir: Path) -> list[dict[str, Any]]:
+def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, size: int, option_order: str,
+                 out_dir: Path) -> list[dict[str, Any]]:
     """Needle accuracy, pair density and KV bytes per video length, in every mode."""
     from model import VideoXL2ForCausalLM, load_tokenizer
 
@@ -129,7 +132,7 @@ def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, size: int, out_
     tokenizer = load_tokenizer(str(ckpt))
     rows: list[dict[str, Any]] = []
     longest = max(int(f) for f in scfg.frames)
-    for frames, data in make_sweep_data(scfg, size, out_dir / "data").items():
+    for frames, data in make_sweep_data(scfg, size, option_order, out_dir / "data").items():
         for mode in ecfg.modes:
             extra = [f"setting.frames_upbound={longest}", "limit=null"]
             m = run_bench(ckpt, data, "niah", str(mode), ecfg, out_dir, extra, model, tokenizer,
