@@ -1,8 +1,9 @@
 """The training loop of one stage: DeepSpeed steps, non-finite skipping, checkpoints, signals, logs.
 
 `train_stage(run, raw_config)` is what `python -m train` calls: it validates everything before any
-compute, builds the model/engine/loader (train/build.py, train/engine.py), resumes if asked, runs
-`StepLoop`, and exports the model in HF format (train/export.py).
+compute, builds the model (calibrating a fresh projector when the stage asks, train/calibrate.py),
+the engine and the loader (train/build.py, train/engine.py), resumes if asked, runs `StepLoop`, and
+exports the model in HF format (train/export.py).
 """
 
 from __future__ import annotations
