@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from train.engine import all_reduce_sum
+
 
 @dataclass(frozen=True)
 class ChannelMoments:
@@ -44,6 +46,7 @@ def visual_token_moments(model: Any, batches: Iterable[dict[str, Any]], max_batc
     total = torch.zeros(width, dtype=torch.float64, device=device)
     total_sq = torch.zeros(width, dtype=torch.float64, device=device)
     count = 0
+    dtype = model.projector[-1].weight.dtype
     was_training = model.training
     model.eval()
     try:
@@ -54,8 +57,7 @@ def visual_token_moments(model: Any, batches: Iterable[dict[str, Any]], max_batc
                 pixels = batch["pixel_values"]
                 if pixels.shape[0] == 0:
                     continue
-                weight = model.projector[-1].weight
-                tokens = model.encode_frames(pixels.to(device=device, dtype=weight.dtype))
+                tokens = model.encode_frames(pixels.to(device=device, dtype=dtype))
                 flat = tokens.reshape(-1, width).double()
                 total += flat.sum(0)
                 total_sq += (flat * flat).sum(0)
@@ -67,13 +69,11 @@ def visual_token_moments(model: Any, batches: Iterable[dict[str, Any]], max_batc
 
 def all_reduce_moments(moments: ChannelMoments) -> ChannelMoments:
     """Sum the moments over all ranks (identity without torch.distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return moments
-    packed = torch.cat([moments.total, moments.total_sq,
-                        torch.tensor([float(moments.count)], dtype=torch.float64, device=moments.total.device)])
-    torch.distributed.all_reduce(packed)
     width = moments.total.numel()
-    return ChannelMoments(count=int(packed[-1].item()), total=packed[:width], total_sq=packed[width:2 * width])
+    dev = moments.total.device
+    summed = all_reduce_sum([*moments.total.tolist(), *moments.total_sq.tolist(), float(moments.count)], dev)
+    packed = torch.tensor(summed, dtype=torch.float64, device=dev)
+    return ChannelMoments(count=int(summed[-1]), total=packed[:width], total_sq=packed[width:2 * width])
 
 
 def calibrate_projector(model: Any, batches: Iterable[dict[str, Any]], max_batches: int, target_std: float,

@@ -182,19 +182,26 @@ def _calibrate_projector(run: RunConfig, module: Any, tokenizer: Any, model_cfg:
     (a separate, non-looping loader: the training loader's position is untouched)."""
     from deepspeed.accelerator import get_accelerator
 
-    from data.loader import build_loader
-    from train import build
     from train.calibrate import calibrate_projector
 
     device = torch.device(get_accelerator().current_device_name())
     module.to(device)
     cal = run.stage.calibrate_projector
-    loader = build_loader(build.data_config(run), tokenizer, model_cfg, split="train",
-                          batch_size=run.loop.micro_batch_size, num_workers=0, rank=dist.rank,
-                          world_size=dist.world_size, seed=run.seed, frames_upbound=run.stage.frames_upbound,
-                          fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=False,
-                          tasks=run.stage.data.tasks)
+    loader = _train_loader(run, tokenizer, model_cfg, dist, num_workers=0, loop=False)
     return calibrate_projector(module.model, iter(loader), cal.batches, cal.target_std, device)
+
+
+def _train_loader(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEnv, *, num_workers: int,
+                  loop: bool) -> Any:
+    """This rank's loader of the stage's training data (its sources, tasks, frames and length bounds)."""
+    from data.loader import build_loader
+    from train import build
+
+    return build_loader(build.data_config(run), tokenizer, model_cfg, split="train",
+                        batch_size=run.loop.micro_batch_size, num_workers=num_workers, rank=dist.rank,
+                        world_size=dist.world_size, seed=run.seed, frames_upbound=run.stage.frames_upbound,
+                        fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=loop,
+                        tasks=run.stage.data.tasks)
 
 
 def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
@@ -231,13 +238,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     dev = torch.device(engine.device)  # where DeepSpeed put this rank's module
 
     from data.faults import REASONS
-    from data.loader import build_loader
 
-    loader = build_loader(build.data_config(run), tokenizer, parts.model_cfg, split="train",
-                          batch_size=run.loop.micro_batch_size, num_workers=run.loop.loader_workers,
-                          rank=dist.rank, world_size=dist.world_size, seed=run.seed,
-                          frames_upbound=run.stage.frames_upbound, fps_upbound=run.stage.fps_upbound,
-                          max_length=run.stage.max_length, loop=True, tasks=run.stage.data.tasks)
+    loader = _train_loader(run, tokenizer, parts.model_cfg, dist, num_workers=run.loop.loader_workers, loop=True)
     state = LoopState()
     if resume_path is not None:
         trainer_state, loader_state = ckpt.load_checkpoint(engine, resume_path, dist.rank)
