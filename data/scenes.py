@@ -136,12 +136,18 @@ def render_video(scene: Scene) -> np.ndarray:
 
 
 def sample_scene(rng: np.random.Generator, size: int, fps: int, duration: int, quantum: int = 4,
-                 max_objects: int = 2, needle_prob: float = 0.0) -> Scene:
+                 max_objects: int = 2, needle_prob: float = 0.0, object_scale: float = 0.2,
+                 object_speed: float = 1.0 / 16.0) -> Scene:
     """Random scene: 1..max_objects objects of distinct colours and shapes on non-overlapping
     ``quantum``-aligned second intervals (a gap of at least one quantum between them), and with
     probability ``needle_prob`` (when the video spans at least two quanta) a needle second where no
-    object is visible.
+    object is visible. Objects have a half side of ``object_scale * size`` pixels (at least 3) and move
+    at about ``object_speed * size`` pixels per second (0: they stand still).
     """
+    if not 0.0 < object_scale < 0.5:
+        raise ValueError(f"object_scale: must be in (0, 0.5), got {object_scale}")
+    if object_speed < 0.0:
+        raise ValueError(f"object_speed: must be >= 0, got {object_speed}")
     if duration < quantum or duration % quantum:
         raise ValueError(f"duration: must be a positive multiple of quantum={quantum}, got {duration}")
     slots = duration // quantum
@@ -154,11 +160,11 @@ def sample_scene(rng: np.random.Generator, size: int, fps: int, duration: int, q
             break
     colours = rng.choice(list(COLOURS), size=k, replace=False)
     shapes = rng.choice(list(SHAPES), size=k, replace=False)
-    radius = max(3, int(round(size * 0.2)))
+    radius = min(max(3, int(round(size * object_scale))), (size - 3) // 2)
     lo, hi = radius + 1, size - 2 - radius
     objects = []
     for i in range(k):
-        speed = size / 16.0
+        speed = size * object_speed
         objects.append(SceneObject(
             colour=str(colours[i]), shape=str(shapes[i]), appear=int(bounds[2 * i]), leave=int(bounds[2 * i + 1]),
             x0=float(rng.integers(lo, hi + 1)), y0=float(rng.integers(lo, hi + 1)),

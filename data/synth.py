@@ -61,6 +61,8 @@ class SynthConfig:
     shard_size: int = 64
     quantum: int = 4
     max_objects: int = 2
+    object_scale: float = 0.2  # object half side, as a fraction of the frame side
+    object_speed: float = 1.0 / 16.0  # object speed, frame sides per second (0: objects stand still)
     needle_prob: float = 0.3
     tasks: tuple[str, ...] = VIDEO_TASKS
     option_order: str = "shuffled"  # shuffled | canonical (options always listed in one fixed order)
@@ -74,6 +76,7 @@ class SynthConfig:
             ("val_frac", 0.0 <= self.val_frac < 1.0), ("test_frac", 0.0 <= self.test_frac < 1.0),
             ("val_frac + test_frac", self.val_frac + self.test_frac < 1.0 or self.videos == 0),
             ("shard_size", self.shard_size >= 1), ("max_objects", 1 <= self.max_objects <= 4),
+            ("object_scale", 0.0 < self.object_scale < 0.5), ("object_speed", self.object_speed >= 0.0),
             ("needle_prob", 0.0 <= self.needle_prob <= 1.0),
             ("tasks", bool(self.tasks) and set(self.tasks) <= set(VIDEO_TASKS + EXTRA_TASKS)),
             ("option_order", self.option_order in OPTION_ORDERS),
@@ -122,7 +125,8 @@ def _write_split(cfg: SynthConfig, split: str, n_videos: int, n_images: int) -> 
         for i in range(n_videos):
             rng = _rng(cfg.seed, split_code, 0, i)
             duration = durations[int(rng.integers(len(durations)))]
-            scene = sample_scene(rng, cfg.size, cfg.fps, duration, cfg.quantum, cfg.max_objects, cfg.needle_prob)
+            scene = sample_scene(rng, cfg.size, cfg.fps, duration, cfg.quantum, cfg.max_objects, cfg.needle_prob,
+                                 cfg.object_scale, cfg.object_speed)
             needles += scene.needle is not None
             mp4 = encode_mp4(render_video(scene), cfg.fps)
             vid = f"{split}_v{i:06d}"
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--shard-size", type=int, default=64, help="samples per shard")
     p.add_argument("--quantum", type=int, default=4, help="event times are multiples of this many seconds")
     p.add_argument("--max-objects", type=int, default=2)
+    p.add_argument("--object-scale", type=float, default=0.2, help="object half side / frame side")
+    p.add_argument("--object-speed", type=float, default=1.0 / 16.0, help="frame sides per second (0: still)")
     p.add_argument("--needle-prob", type=float, default=0.3)
     p.add_argument("--option-order", default="shuffled", choices=OPTION_ORDERS,
                    help="canonical: multiple-choice options always in one fixed order")
@@ -192,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = SynthConfig(out=a.out, videos=a.videos, seed=a.seed, images=a.images, min_frames=a.min_frames,
                       max_frames=a.max_frames, size=a.size, fps=a.fps, val_frac=a.val_frac,
                       test_frac=a.test_frac, shard_size=a.shard_size, quantum=a.quantum,
-                      max_objects=a.max_objects, needle_prob=a.needle_prob, option_order=a.option_order,
+                      max_objects=a.max_objects, object_scale=a.object_scale,
+                      object_speed=a.object_speed, needle_prob=a.needle_prob, option_order=a.option_order,
                       tasks=tuple(t for t in a.tasks.split(",") if t))
     manifest = generate(cfg)
     for split, info in manifest["splits"].items():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.scenes import BACKGROUNDS, COLOURS, NEEDLE_COLOURS
+from data.scenes import BACKGROUNDS, COLOURS, NEEDLE_COLOURS, render_frame, sample_scene
 from data.synth import SPLITS, SynthConfig, generate, main
 
 PALETTE = {**COLOURS, **NEEDLE_COLOURS}
@@ -233,6 +233,22 @@ def test_two_fps_needle_covers_its_second(tmp_path: Path) -> None:
         assert sorted(i for i, _ in needles) == [2 * second, 2 * second + 1]
 
 
+@pytest.mark.parametrize(("scale", "speed"), [(0.2, 1.0 / 16.0), (0.3, 0.0), (0.35, 0.1)])
+def test_object_size_and_speed_knobs(scale: float, speed: float) -> None:
+    """Rendered objects are 2r+1 pixels across with r = round(scale * size); speed 0 means they stand still."""
+    size = 64
+    for seed in range(6):
+        scene = sample_scene(np.random.default_rng(seed), size, 1, 24, 4, 3, 0.0, scale, speed)
+        for obj in scene.objects:
+            assert obj.radius == round(scale * size)
+            first, last = render_frame(scene, obj.appear), render_frame(scene, obj.leave - 1)
+            mask = _colour_masks(first)[obj.colour]
+            ys, xs = np.nonzero(mask)
+            assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 == 2 * obj.radius + 1
+            moved = not np.array_equal(mask, _colour_masks(last)[obj.colour])
+            assert moved == (speed > 0 and obj.leave - obj.appear > 1 and abs(obj.vx) > 0.5)
+
+
 def test_sequences_build_for_every_sample(dataset: tuple[Path, SynthConfig, dict]) -> None:
     from model.sequence import build_sequence
     from model.tokenizer import load_tokenizer
@@ -253,7 +269,9 @@ def test_sequences_build_for_every_sample(dataset: tuple[Path, SynthConfig, dict
     ("kwargs", "field"),
     [({"videos": -1}, "videos"), ({"fps": 0}, "fps"), ({"size": 63}, "size"), ({"min_frames": 30, "max_frames": 20}, "max_frames"),
      ({"val_frac": 0.6, "test_frac": 0.5}, "val_frac"), ({"tasks": ("dance",)}, "tasks"),
-     ({"min_frames": 5, "max_frames": 7}, "min_frames"), ({"needle_prob": 2.0}, "needle_prob")],
+     ({"min_frames": 5, "max_frames": 7}, "min_frames"), ({"needle_prob": 2.0}, "needle_prob"),
+     ({"object_scale": 0.5}, "object_scale"), ({"object_scale": 0.0}, "object_scale"),
+     ({"object_speed": -0.1}, "object_speed")],
 )
 def test_bad_config_names_the_field(tmp_path: Path, kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
