@@ -34,6 +34,7 @@ VIDEO_TASKS: tuple[str, ...] = ("caption", "mcq", "grounding", "needle")
 EXTRA_TASKS: tuple[str, ...] = ("qa",)
 OPTION_ORDERS: tuple[str, ...] = ("shuffled", "canonical")
 CHOICE_TASKS: frozenset[str] = frozenset({"mcq", "needle", "qa"})  # tasks whose options have an order
+COUNT_TASKS: frozenset[str] = frozenset({"mcq", "qa"})  # tasks that may ask how many objects a video holds
 _TASK_FNS: dict[str, Callable[..., tuple[list[dict[str, str]], dict[str, Any]]]] = {
     "caption": questions.caption,
     "mcq": questions.mcq,
@@ -134,6 +135,8 @@ def _write_split(cfg: SynthConfig, split: str, n_videos: int, n_images: int) -> 
                 if task == "needle" and scene.needle is None:
                     continue
                 kwargs = {"shuffle": cfg.option_order == "shuffled"} if task in CHOICE_TASKS else {}
+                if task in COUNT_TASKS:  # with one object per video the count would be a constant answer
+                    kwargs["count"] = cfg.max_objects > 1
                 conv, answer = _TASK_FNS[task](scene, _rng(cfg.seed, split_code, 1, i, t), **kwargs)
                 key = f"{vid}_{task}"
                 writer.write(key, {"mp4": mp4, "json": _record(key, "video", task, conv, answer, scene, vid)})

@@ -60,12 +60,14 @@ def caption(scene: Scene, rng: np.random.Generator) -> tuple[Conversation, dict[
 
 
 def mcq(scene: Scene, rng: np.random.Generator, kind: str | None = None,
-        obj: SceneObject | None = None, shuffle: bool = True) -> tuple[Conversation, dict[str, Any]]:
+        obj: SceneObject | None = None, shuffle: bool = True, count: bool = True) -> tuple[Conversation, dict[str, Any]]:
     """A four-option question about one object (colour, shape), the object count or the order
     (`kind` picks the family, default: drawn among those that apply; `obj` the object asked about).
-    ``shuffle=False`` lists the options in their canonical order (`COLOURS`, `SHAPES`, 1-4, sorted names)."""
+    ``shuffle=False`` lists the options in their canonical order (`COLOURS`, `SHAPES`, 1-4, sorted names).
+    ``count=False`` leaves the count family out of the draw (for data whose videos all hold one object,
+    where its answer would be a constant)."""
     if kind is None:
-        kinds = ["colour_of_shape", "shape_of_colour", "count"]
+        kinds = ["colour_of_shape", "shape_of_colour"] + (["count"] if count else [])
         if len(scene.objects) == 1:
             kinds.append("which_shape")
         if len(scene.objects) >= 2:
@@ -80,8 +82,8 @@ def mcq(scene: Scene, rng: np.random.Generator, kind: str | None = None,
     elif kind == "which_shape":
         conv, ans = _mcq(rng, "Which shape appears in the video?", list(SHAPES), obj.shape, shuffle)
     elif kind == "count":
-        count = str(len(scene.objects))
-        conv, ans = _mcq(rng, "How many shapes appear in the video?", ["1", "2", "3", "4"], count, shuffle)
+        conv, ans = _mcq(rng, "How many shapes appear in the video?", ["1", "2", "3", "4"], str(len(scene.objects)),
+                         shuffle)
     else:
         first = min(scene.objects, key=lambda o: o.appear)
         present = {_name(o) for o in scene.objects}
@@ -116,18 +118,20 @@ def needle(scene: Scene, rng: np.random.Generator, shuffle: bool = True) -> tupl
     return conv, ans
 
 
-def session(scene: Scene, rng: np.random.Generator, shuffle: bool = True) -> tuple[Conversation, dict[str, Any]]:
+def session(scene: Scene, rng: np.random.Generator, shuffle: bool = True,
+            count: bool = True) -> tuple[Conversation, dict[str, Any]]:
     """Multi-turn training conversation: several question families about one video, one turn each.
 
     No earlier turn gives a later answer away: the needle, the count, then for one object "which
     shape" and its colour, for two objects either "which first" or one attribute (colour or shape)
     of each, and last the grounding questions (whose wording names colour and shape). Every turn
-    draws its own option order (or uses the canonical one when ``shuffle`` is False).
+    draws its own option order (or uses the canonical one when ``shuffle`` is False); ``count=False``
+    leaves the count question out.
     """
     turns: list[tuple[str, Conversation, dict[str, Any]]] = []
     if scene.needle is not None:
         turns.append(("needle", *needle(scene, rng, shuffle)))
-    kinds = ["count"]
+    kinds = ["count"] if count else []
     if len(scene.objects) == 1:
         kinds += ["which_shape", "colour_of_shape"]
     elif rng.random() < 0.5:

@@ -1,15 +1,19 @@
-"""Generated questions: shuffled count options, canonical option order, and the multi-turn qa session."""
+"""Generated questions: shuffled count options, canonical option order, the multi-turn qa session, and
+when the count is asked."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data.scenes import COLOURS, NEEDLE_COLOURS, SHAPES, sample_scene
-from data.synth import SynthConfig
+from data.shards import iter_shard
+from data.synth import SynthConfig, generate
 from data.synth_questions import mcq, needle, session
 
 
@@ -77,3 +81,18 @@ def test_option_order_is_validated() -> None:
     with pytest.raises(ValueError, match="tasks"):
         SynthConfig(out="x", videos=4, tasks=("dance",)).validate()
     SynthConfig(out="x", videos=4, tasks=("qa",)).validate()
+
+
+@pytest.mark.parametrize("max_objects", [1, 2])
+def test_count_is_asked_only_when_videos_can_hold_several_objects(tmp_path: Path, max_objects: int) -> None:
+    """With one object per video the count answer would be a constant: generate() leaves it out."""
+    generate(SynthConfig(out=str(tmp_path), videos=40, images=0, seed=3, min_frames=16, max_frames=24,
+                         val_frac=0.0, test_frac=0.0, max_objects=max_objects, tasks=("mcq", "qa")))
+    kinds: Counter[str] = Counter()
+    for shard in sorted(tmp_path.glob("train-*.tar")):
+        for raw in iter_shard(str(shard)):
+            rec = json.loads(raw.members["json"])
+            turns = rec["answer"]["turns"] if rec["task"] == "qa" else [rec["answer"]]
+            kinds.update(t["type"] for t in turns if "type" in t)
+    assert kinds["colour_of_shape"] > 0 and kinds["shape_of_colour"] > 0
+    assert (kinds["count"] > 0) == (max_objects > 1)
