@@ -51,7 +51,8 @@ def test_outputs_and_plots(demo_out: Path) -> None:
     assert {(r["frames"], r["mode"]) for r in m["sweep"]} == {(f, k) for f in (16, 32) for k in ("full", "sparse")}
     for f in (16, 32):  # the sweep asks its questions the way the training data did
         sweep_data = json.loads((demo_out / "sweep" / "data" / f"frames_{f}" / "manifest.json").read_text())
-        assert sweep_data["config"]["option_order"] == m["settings"]["data"]["option_order"]
+        for key in ("option_order", "size", "max_objects", "object_scale", "object_speed"):
+            assert sweep_data["config"][key] == m["settings"]["data"][key], key
     for name in m["plots"]:
         assert (demo_out / name).read_bytes()[:8] == PNG_MAGIC
     report = (demo_out / "report.md").read_text()

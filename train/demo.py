@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from train.demo_eval import blind_baseline, evaluate_all, flatten, needle_sweep
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     cfg = load_config(sys.argv[1:] if argv is None else argv)
+    threads = int(cfg.threads)
+    if threads < 1:
+        raise ValueError(f"threads: must be >= 1, got {threads}")
+    torch.set_num_threads(threads)  # this process is the demo's only rank; loader workers use one thread each
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
@@ -118,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls["eval"] = time.perf_counter() - t
     t = time.perf_counter()
     print("== needle sweep over video length", flush=True)
-    sweep = needle_sweep(export, cfg.sweep, cfg.eval, int(cfg.data.size), str(cfg.data.option_order),
-                         out / "sweep")
+    sweep = needle_sweep(export, cfg.sweep, cfg.eval, cfg.data, out / "sweep")
     walls["sweep"] = time.perf_counter() - t
     walls["total"] = time.perf_counter() - t0
     metrics = write_report(out, cfg, manifest, stages, evals, sweep, walls, blind)

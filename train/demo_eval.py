@@ -104,11 +104,15 @@ def evaluate_all(ckpt: Path, data: Path, ecfg: DictConfig, out_dir: Path) -> dic
     return results
 
 
-def make_sweep_data(scfg: DictConfig, size: int, option_order: str, root: Path) -> dict[int, Path]:
-    """Needle-only test shards of exactly `frames` 1-fps frames per length: ``{frames: shard dir}``
-    (frame size and option order as in the data the model was trained on)."""
+SWEEP_INHERITED = ("size", "fps", "quantum", "option_order", "max_objects", "object_scale", "object_speed")
+
+
+def make_sweep_data(scfg: DictConfig, data: DictConfig, root: Path) -> dict[int, Path]:
+    """Needle-only test shards of exactly `frames` frames per length: ``{frames: shard dir}``. The scenes
+    look like the training data's (`data`: frame size, fps, objects, option order; see SWEEP_INHERITED)."""
     from data.synth import SynthConfig, generate
 
+    inherited = {k: data[k] for k in SWEEP_INHERITED if k in data}
     dirs: dict[int, Path] = {}
     n = int(scfg.videos_per_length)
     for frames in scfg.frames:
@@ -116,14 +120,13 @@ def make_sweep_data(scfg: DictConfig, size: int, option_order: str, root: Path) 
         if not (out / "manifest.json").is_file():
             # test takes n of n + 1 videos (the single train video is never read)
             generate(SynthConfig(out=str(out), videos=n + 1, images=0, seed=int(scfg.seed) + int(frames),
-                                 min_frames=int(frames), max_frames=int(frames), size=size, val_frac=0.0,
-                                 test_frac=n / (n + 1) - 1e-6, needle_prob=1.0, tasks=("needle",),
-                                 option_order=option_order))
+                                 min_frames=int(frames), max_frames=int(frames), val_frac=0.0,
+                                 test_frac=n / (n + 1) - 1e-6, needle_prob=1.0, tasks=("needle",), **inherited))
         dirs[int(frames)] = out
     return dirs
 
 
-def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, size: int, option_order: str,
+def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, data: DictConfig,
                  out_dir: Path) -> list[dict[str, Any]]:
     """Needle accuracy, pair density and KV bytes per video length, in every mode."""
     from model import VideoXL2ForCausalLM, load_tokenizer
@@ -132,7 +135,7 @@ def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, size: int, opti
     tokenizer = load_tokenizer(str(ckpt))
     rows: list[dict[str, Any]] = []
     longest = max(int(f) for f in scfg.frames)
-    for frames, data in make_sweep_data(scfg, size, option_order, out_dir / "data").items():
+    for frames, data in make_sweep_data(scfg, data, out_dir / "data").items():
         for mode in ecfg.modes:
             extra = [f"setting.frames_upbound={longest}", "limit=null"]
             m = run_bench(ckpt, data, "niah", str(mode), ecfg, out_dir, extra, model, tokenizer,
