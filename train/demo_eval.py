@@ -135,10 +135,10 @@ def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, data: DictConfi
     tokenizer = load_tokenizer(str(ckpt))
     rows: list[dict[str, Any]] = []
     longest = max(int(f) for f in scfg.frames)
-    for frames, data in make_sweep_data(scfg, data, out_dir / "data").items():
+    for frames, shards in make_sweep_data(scfg, data, out_dir / "data").items():
         for mode in ecfg.modes:
             extra = [f"setting.frames_upbound={longest}", "limit=null"]
-            m = run_bench(ckpt, data, "niah", str(mode), ecfg, out_dir, extra, model, tokenizer,
+            m = run_bench(ckpt, shards, "niah", str(mode), ecfg, out_dir, extra, model, tokenizer,
                           name=f"niah_{frames}f_{mode}")["metrics"]
             inf = m["inference"]
             rows.append({"frames": frames, "mode": str(mode), "accuracy": m["accuracy"], "n": m["n"],
