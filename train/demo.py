@@ -21,7 +21,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from train.demo_eval import blind_baseline, evaluate_all, flatten, needle_sweep
@@ -97,10 +96,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     cfg = load_config(sys.argv[1:] if argv is None else argv)
-    threads = int(cfg.threads)
-    if threads < 1:
-        raise ValueError(f"threads: must be >= 1, got {threads}")
-    torch.set_num_threads(threads)  # this process is the demo's only rank; loader workers use one thread each
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
