@@ -82,10 +82,12 @@ def test_summary_matches_the_eval_files(demo_out: Path) -> None:
 def test_stage_overrides_reach_the_stage_config(demo_out: Path) -> None:
     """Demo stage settings (incl. keys the base recipe lacks, lists of source mappings) arrive typed."""
     m = json.loads((demo_out / "metrics.json").read_text())
+    want = m["settings"]["stages"]["sft"]["stage"]  # conf/demo.yaml as the demo read it
     sft = next(s for s in m["stages"] if s["stage"] == "sft")
-    assert sft["trainable"] == ["projector", "llm"] and sft["tasks"] == ["mcq", "needle"]
-    assert sft["lr"]["llm"] == pytest.approx(2.0e-3) and sft["frames_upbound"] == 24
-    assert m["settings"]["short_data"]["max_frames"] == 24
+    assert sft["trainable"] == want["trainable"] and sft["tasks"] == want["data"]["tasks"]
+    assert sft["lr"]["llm"] == pytest.approx(want["lr"]["llm"]) and sft["frames_upbound"] == want["frames_upbound"]
+    assert want["data"]["tasks"] != m["settings"]["data"]["tasks"]  # a list the base recipe does not have
+    assert sft["frames_upbound"] == m["settings"]["short_data"]["max_frames"]
     align = next(s for s in m["stages"] if s["stage"] == "align")
     events = [json.loads(line) for line in (Path(align["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events if "event" in e] == ["projector_calibrated"]
