@@ -29,7 +29,7 @@ from data.faults import (
 from data.sampling import FrameSample, VideoBytes, read_image, sample_image_frames, sample_video_frames
 from data.shards import IMAGE_KEYS, VIDEO_KEYS, RawSample
 from model.processing import preprocess_frames
-from model.sequence import IGNORE_INDEX, NoSupervisedTokens, build_sequence
+from model.sequence import IGNORE_INDEX, ChatTokenizer, NoSupervisedTokens, build_sequence
 
 
 @dataclass
@@ -79,7 +79,7 @@ def collate(samples: list[DecodedSample], pad_token_id: int, image_size: int) ->
 class SampleOptions:
     """Everything ``decode_sample`` needs besides the raw sample (picklable for loader workers)."""
 
-    tokenizer: Any
+    tokenizer: ChatTokenizer
     image_size: int
     tokens_per_group: int
     frames_per_group: int

@@ -45,6 +45,7 @@ from data.collate import DecodedSample, SampleOptions, collate, decode_sample
 from data.faults import BAD_SHARD, REASONS, UNKNOWN_KEY, FaultCounter, SampleFault, merge_counts
 from data.mix import DataConfig, ResolvedSource, resolve_split
 from data.shards import SHARD_READ_ERRORS, RawSample
+from model.sequence import ChatTokenizer
 
 STATE_VERSION = 1
 
@@ -388,7 +389,7 @@ def build_loader(
         raise ValueError(f"model_cfg.vision_pad_token_id ({model_cfg.vision_pad_token_id}) differs from the "
                          f"tokenizer's <|vision_pad|> id ({pad_vision})")
     options = SampleOptions(
-        tokenizer=tokenizer,
+        tokenizer=ChatTokenizer(tokenizer),
         image_size=int(_model_field(model_cfg, "image_size")),
         tokens_per_group=int(_model_field(model_cfg, "tokens_per_group")),
         frames_per_group=int(_model_field(model_cfg, "frames_per_group")),

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .config import VideoXL2Config
 from .dts import DTS, RelativePositionTable, TemporalAttention, group_frames
 from .projector import build_projector, pool_grid
+from .sequence import IGNORE_INDEX
 from .vision import resample_grid, siglip_features
 
 
@@ -163,7 +164,31 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
                             dtype=weight.dtype, device=weight.device)
         return self.encode_frames(dummy).sum() * 0.0
 
+    def _video_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """LLM input embeddings of `input_ids` with the frames' visual tokens in place (training without
+        frames adds a zero term that touches every visual weight)."""
+        has_frames = pixel_values is not None and pixel_values.numel() > 0
+        embeds = self.embed_inputs(input_ids, self.encode_frames(pixel_values) if has_frames else None)
+        if self.training and not has_frames and torch.is_grad_enabled():
+            embeds = embeds + self._dummy_visual_term().to(embeds.dtype)
+        return embeds
+
     # -- forward -------------------------------------------------------------------------------------
+    def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+                pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy over the supervised positions (`labels` != -100): the value of
+        `forward(..., labels=labels).loss`, with the LM head run on those positions only (a training
+        sample supervises a fraction of its tokens, so this saves most of the head's FLOPs and logits memory).
+        """
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        embeds = self._video_embeds(input_ids, pixel_values)
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        targets = labels[:, 1:].to(hidden.device)
+        supervised = targets != IGNORE_INDEX
+        logits = self.llm.lm_head(hidden[:, :-1][supervised])
+        return nn.functional.cross_entropy(logits.float(), targets[supervised])
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -189,11 +214,10 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
-            visual = self.encode_frames(pixel_values) if has_frames else None
-            inputs_embeds = self.embed_inputs(input_ids, visual)
+            inputs_embeds = self._video_embeds(input_ids, pixel_values)
         elif has_frames:
             raise ValueError("pass either inputs_embeds or pixel_values, not both")
-        if self.training and not has_frames and torch.is_grad_enabled():
+        elif self.training and torch.is_grad_enabled():
             inputs_embeds = inputs_embeds + self._dummy_visual_term().to(inputs_embeds.dtype)
         out = self.llm(
             inputs_embeds=inputs_embeds,

@@ -22,10 +22,10 @@ SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac
          "common.logging.tqdm=false", "sweep.frames=[16,32]", "sweep.videos_per_length=2"]
 
 
-def run_demo(out: Path) -> None:
+def run_demo(out: Path, *extra: str) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "train.demo", f"out={out}", *SMALL], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "train.demo", f"out={out}", *SMALL, *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "| mode | MCQ acc" in proc.stdout and "seed 1234" in proc.stdout
@@ -42,6 +42,9 @@ def test_outputs_and_plots(demo_out: Path) -> None:
     m = json.loads((demo_out / "metrics.json").read_text())
     assert [s["stage"] for s in m["stages"]] == ["dts", "align", "sft", "long"]
     assert all(s["steps"] == 2 and s["final_loss"] is not None for s in m["stages"])
+    # trained by conf/demo.yaml's `ranks` processes: the global batch is ranks x the per-rank micro-batch
+    assert all(s["ranks"] == m["settings"]["ranks"] > 1 for s in m["stages"])
+    assert [s["batch"] for s in m["stages"]] == [2 * m["settings"]["ranks"]] * 4
     assert m["stages"][0]["trainable"] == ["dts", "dts_decoder"] and m["stages"][1]["trainable"] == ["projector", "llm"]
     assert set(m["eval"]) == {"full", "sparse"} and m["seed"] == 1234
     for mode in m["eval"].values():
@@ -123,10 +126,12 @@ def test_markdown_renders_from_metrics(demo_out: Path) -> None:
 
 
 def test_rerun_reuses_data_and_starts_stages_fresh(tmp_path: Path) -> None:
-    run_demo(tmp_path)
+    """Also the in-process path (ranks=1)."""
+    run_demo(tmp_path, "ranks=1")
+    assert [s["ranks"] for s in json.loads((tmp_path / "metrics.json").read_text())["stages"]] == [1] * 4
     manifests = [tmp_path / "data" / "manifest.json", tmp_path / "data" / "short" / "manifest.json"]
     mtimes = [p.stat().st_mtime_ns for p in manifests]
-    run_demo(tmp_path)
+    run_demo(tmp_path, "ranks=1")
     assert [p.stat().st_mtime_ns for p in manifests] == mtimes
     for stage in ("dts", "align", "sft", "long"):
         assert read_losses(tmp_path / "runs" / stage)[0] == [1, 2]

@@ -269,6 +269,35 @@ def test_forward_backward_mixed_batch(tiny: VideoXL2ForCausalLM) -> None:
         assert total > 0, name
 
 
+def test_lm_loss_equals_the_full_logits_loss_and_gradients(tiny: VideoXL2ForCausalLM) -> None:
+    """`lm_loss` (LM head on supervised positions only) gives forward(labels).loss and the same gradients."""
+    batch = make_batch(tiny.config, seed=3)
+    tiny.train()
+    full = tiny(**batch).loss
+    full.backward()
+    ref_grads = {n: p.grad.clone() for n, p in tiny.named_parameters()}
+    tiny.zero_grad(set_to_none=True)
+    loss = tiny.lm_loss(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"])
+    loss.backward()
+    torch.testing.assert_close(loss, full, rtol=1e-6, atol=1e-6)
+    for name, param in tiny.named_parameters():
+        assert param.grad is not None, name
+        torch.testing.assert_close(param.grad, ref_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert tiny.llm.lm_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="labels shape"):
+        tiny.lm_loss(batch["input_ids"], batch["attention_mask"], batch["labels"][:, 1:], batch["pixel_values"])
+
+
+def test_lm_loss_without_frames_touches_every_weight(tiny: VideoXL2ForCausalLM) -> None:
+    """A text-only batch still gives every visual weight a (zero) gradient, as forward does (ZeRO-3)."""
+    text_ids = make_batch(tiny.config)["input_ids"][:, -6:]
+    tiny.train()
+    loss = tiny.lm_loss(text_ids, None, text_ids)
+    torch.testing.assert_close(loss, tiny(input_ids=text_ids, labels=text_ids).loss)
+    loss.backward()
+    assert all(p.grad is not None for p in tiny.parameters())
+
+
 def test_visual_content_changes_logits(tiny: VideoXL2ForCausalLM) -> None:
     batch = make_batch(tiny.config)
     tiny.eval()

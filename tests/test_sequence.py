@@ -12,6 +12,7 @@ import torch
 from helpers import qwen_tokenizer_dir
 from model.sequence import (
     IGNORE_INDEX,
+    ChatTokenizer,
     NoSupervisedTokens,
     TokenKind,
     build_sequence,
@@ -237,6 +238,22 @@ def test_errors_name_the_field(kwargs: dict, field: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=field):
         build_sequence(tok, **args)
+
+
+def test_shared_chat_tokenizer_builds_the_same_samples(tok) -> None:
+    """One ChatTokenizer across many samples (as the loader uses it), even one whose cache keeps a single
+    piece, builds exactly what a fresh tokenizer per call builds."""
+    convs = [_conv(), _conv("Which shape appears?", "C. triangle"), _conv(),
+             [*_conv(), {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "A. red"}]]
+    for chat in (ChatTokenizer(tok), ChatTokenizer(tok, max_cached=1)):
+        for i, conv in enumerate(convs * 2):
+            kwargs = {"timestamps": [0.0, 4.0], "num_groups": 2, "tokens_per_group": 3, "for_generation": i % 2 == 1}
+            got, want = build_sequence(chat, conv, **kwargs), build_sequence(tok, conv, **kwargs)
+            for field in ("input_ids", "labels", "token_kind", "group_index"):
+                assert torch.equal(getattr(got, field), getattr(want, field)), field
+        assert len(chat._pieces) <= chat.max_cached
+    with pytest.raises(ValueError, match="max_cached"):
+        ChatTokenizer(tok, max_cached=0)
 
 
 def test_tag_without_groups_is_rejected() -> None:

@@ -4,8 +4,8 @@
 
 Steps: data.synth into ``<out>/data`` (and, when ``short_data`` is set, a short-video set into
 ``<out>/data/short`` for the stages that name it); dts -> align -> sft -> long on the tiny preset, each from the
-previous stage's export (train.pipeline.compose_stage + train.trainer.train_stage, in this process,
-world size 1); every bench on the held-out test split with full attention and with chunked prefill
+previous stage's export (train.pipeline.run_pipeline, in ``ranks`` processes: train/demo_stages.py);
+every bench on the held-out test split with full attention and with chunked prefill
 + bi-level decoding; a needle sweep over longer generated videos; ``<out>/report.md``,
 ``<out>/metrics.json`` and PNG plots (train/report.py); a summary table on stdout.
 """
@@ -16,14 +16,18 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.demo_eval import blind_baseline, evaluate_all, flatten, needle_sweep
+from train.demo_eval import blind_baseline, evaluate_all, needle_sweep
+from train.demo_stages import train_in_ranks
+from train.engine import build_comm_ops
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_DEFAULTS = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
@@ -56,37 +60,25 @@ def generate_data(settings: DictConfig, out: Path) -> dict[str, Any]:
     return generate(synth)
 
 
-def stage_overrides(cfg: DictConfig, stage: str, out: Path) -> list[str]:
-    """Hydra overrides of conf/config.yaml for one stage of the demo."""
-    base = [f"model={cfg.model}", "data=synth", f"data.root={out / 'data'}", f"output_root={out / 'runs'}",
-            f"seed={cfg.seed}", "preset=none", *[str(g) for g in cfg.groups]]
-    # `++` sets a key whether or not the recipe has it (e.g. an lr for a module the recipe does not train);
-    # the typed RunConfig still rejects unknown keys.
-    return base + [f"++{o}" for o in flatten(cfg.common) + flatten(cfg.stages[stage])]
+class _Background:
+    """Run `fn` in a thread; `join()` waits and re-raises what it raised."""
 
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.error: BaseException | None = None
 
-def train_stages(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
-    """Train every stage in order (train.pipeline.run_pipeline); returns one summary per stage."""
-    from train.pipeline import run_pipeline
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # handed to join()
+                self.error = exc
 
-    stages = [str(s) for s in cfg.stages]
-    per_stage = {s: stage_overrides(cfg, s, out) for s in stages}
-    outcomes = run_pipeline(stages, [], per_stage)
-    rows: list[dict[str, Any]] = []
-    for stage in stages:
-        if stage not in outcomes or outcomes[stage].result.stopped_by_signal:
-            raise SystemExit(f"stage {stage} stopped by a signal")
-        run, result = outcomes[stage].run, outcomes[stage].result
-        rows.append({"stage": stage, "steps": result.state.step, "samples": result.state.samples,
-                     "trainable": list(run.stage.trainable),
-                     "lr": {k: v for k, v in run.stage.lr.items() if k in run.stage.trainable},
-                     "frames_upbound": run.stage.frames_upbound, "tasks": run.stage.data.tasks,
-                     "batch": run.loop.micro_batch_size * run.loop.grad_accum,
-                     "first_loss": result.losses[0] if result.losses else None,
-                     "final_loss": result.losses[-1] if result.losses else None,
-                     "wall_s": outcomes[stage].wall_s, "output_dir": run.output_dir,
-                     "export": outcomes[stage].export})
-    return rows
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -101,14 +93,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls: dict[str, float] = {}
     t0 = time.perf_counter()
     print(f"== data -> {out / 'data'}", flush=True)
+    comm_ops = _Background(build_comm_ops)  # DeepSpeed's JIT op compiles on the other core meanwhile
     manifest = generate_data(cfg.data, out / "data")
     if cfg.get("short_data"):  # short videos for the stages before `long`: `data` with these fields replaced
         generate_data(OmegaConf.merge(cfg.data, cfg.short_data), out / "data" / "short")
     walls["data"] = time.perf_counter() - t0
     t = time.perf_counter()
+    comm_ops.join()
     for stale in ("runs", "eval"):  # a rerun starts its stages fresh (metrics.jsonl files are appended to)
         shutil.rmtree(out / stale, ignore_errors=True)
-    stages = train_stages(cfg, out)
+    stages = train_in_ranks(cfg, out)
     walls["train"] = time.perf_counter() - t
     export = Path(stages[-1]["export"])
     t = time.perf_counter()

@@ -58,6 +58,15 @@ def init_distributed(dist_env: DistEnv) -> None:
         deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
 
 
+def build_comm_ops() -> None:
+    """Compile (or load from the extension cache) the communication op that DeepSpeed's first
+    `init_distributed` builds on this accelerator (the CPU one JIT-compiles a shared-memory op, ~30 s);
+    called early, the compile can overlap other work."""
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def _free_port() -> int:
     import socket
 

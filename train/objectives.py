@@ -105,8 +105,7 @@ class TrainModule(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 pixel_values: torch.Tensor) -> torch.Tensor:
         if self.loss_name == "lm":
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                              pixel_values=pixel_values).loss
+            return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values)
         return self.dts_reconstruction(pixel_values)
 
     def dts_reconstruction(self, pixel_values: torch.Tensor) -> torch.Tensor:

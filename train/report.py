@@ -161,7 +161,9 @@ def render_markdown(m: dict[str, Any]) -> str:
               f"{s['data']['size']}×{s['data']['size']} px, options {s['data'].get('option_order', 'shuffled')}; each video "
               "yields caption, MCQ, grounding, (when it has one) needle and, if listed, a multi-turn `qa` sample "
               "(training only); splits never share a video.", "",
-              "## Training stages", "", *stage_table(m["stages"]), "", "![loss curves](loss_curves.png)", "",
+              "## Training stages", "", *stage_table(m["stages"]), "",
+              f"Trained by {m['stages'][0].get('ranks', 1)} rank(s) (`ranks` in conf/demo.yaml); batch is the global "
+              "batch of a step.", "", "![loss curves](loss_curves.png)", "",
               "## Evaluation on the held-out test split", "",
               "`full`: full attention prefill and full KV decoding; `sparse`: chunked prefill + bi-level decoding "
               f"(inference knobs {s['eval']['inference']}).", "", *eval_table(m["eval"], m.get("blind_baseline")), "",
