@@ -24,8 +24,8 @@ $(STAMP): setup.py
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# the demo is one process (world size 1) beside one loader worker: its torch ops get DEMO_THREADS threads
-# (2 took align from ~2.0 to ~2.6 steps/s on a 2-core machine)
+# the demo process (data generation, evaluation) runs its torch ops on DEMO_THREADS threads; training runs in
+# conf/demo.yaml's `ranks` processes of `threads_per_rank` threads each
 DEMO_THREADS ?= 2
 demo: $(STAMP)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/python -m train.demo

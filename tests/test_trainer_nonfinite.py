@@ -69,6 +69,7 @@ def worker(out_dir: Path, nan_calls: set[int], steps: int) -> None:
         error = str(exc)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(
         {"losses": losses, "state": state.to_dict(), "error": error}))
+    eng.shutdown_distributed()
 
 
 def launch(tmp_path: Path, nan_calls: str, steps: int) -> dict[int, dict]:

@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from train.config import ConfigError, parse_run_config
+from train.engine import shutdown_distributed
 from train.trainer import train_stage
 
 
@@ -25,6 +26,7 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as exc:  # a clean one-line message, no traceback: nothing has run yet
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def train_in_ranks(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Rank entry point: train the stages of the demo config at argv[0]; rank 0 writes the summaries."""
-    from train.engine import read_dist_env
+    from train.engine import read_dist_env, shutdown_distributed
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, indent=1))
         tmp.replace(path)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ def init_distributed(dist_env: DistEnv) -> None:
         deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly at the end of a rank's program: every rank meets, then the group is
+    destroyed, so no communication thread is still running while the interpreter exits (which can abort
+    a rank and fail the launcher)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def build_comm_ops() -> None:
     """Compile (or load from the extension cache) the communication op that DeepSpeed's first
     `init_distributed` builds on this accelerator (the CPU one JIT-compiles a shared-memory op, ~30 s);

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from train.build import check_run
 from train.config import STAGES, ConfigError, RunConfig, parse_run_config
+from train.engine import shutdown_distributed
 from train.trainer import LoopResult, train_stage
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
