@@ -16,9 +16,8 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -60,27 +59,6 @@ def generate_data(settings: DictConfig, out: Path) -> dict[str, Any]:
     return generate(synth)
 
 
-class _Background:
-    """Run `fn` in a thread; `join()` waits and re-raises what it raised."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # handed to join()
-                self.error = exc
-
-        self.thread = threading.Thread(target=target, daemon=True)
-        self.thread.start()
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the whole demo; returns the metrics written to metrics.json."""
     from train.report import print_summary, write_report
@@ -93,13 +71,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls: dict[str, float] = {}
     t0 = time.perf_counter()
     print(f"== data -> {out / 'data'}", flush=True)
-    comm_ops = _Background(build_comm_ops)  # DeepSpeed's JIT op compiles on the other core meanwhile
-    manifest = generate_data(cfg.data, out / "data")
-    if cfg.get("short_data"):  # short videos for the stages before `long`: `data` with these fields replaced
-        generate_data(OmegaConf.merge(cfg.data, cfg.short_data), out / "data" / "short")
-    walls["data"] = time.perf_counter() - t0
-    t = time.perf_counter()
-    comm_ops.join()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        comm_ops = pool.submit(build_comm_ops)  # DeepSpeed's JIT op compiles on the other core meanwhile
+        manifest = generate_data(cfg.data, out / "data")
+        if cfg.get("short_data"):  # short videos for the stages before `long`: `data` with these fields replaced
+            generate_data(OmegaConf.merge(cfg.data, cfg.short_data), out / "data" / "short")
+        walls["data"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        comm_ops.result()  # re-raises a failed build
     for stale in ("runs", "eval"):  # a rerun starts its stages fresh (metrics.jsonl files are appended to)
         shutil.rmtree(out / stale, ignore_errors=True)
     stages = train_in_ranks(cfg, out)

@@ -91,11 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     assert isinstance(cfg, DictConfig)
     out = Path(str(cfg.out))
     rows = train_stages(cfg, out)
-    if read_dist_env().is_main:
-        path = out / "runs" / STAGES_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(path)
+    if read_dist_env().is_main:  # read by the launching process once every rank has exited
+        (out / "runs" / STAGES_FILE).write_text(json.dumps(rows, indent=1))
     shutdown_distributed()
 
 

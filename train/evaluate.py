@@ -32,7 +32,7 @@ import torch
 
 from data.benchmarks import READERS, EvalSample, format_prompt, read_charades_durations, read_synth_shards
 from data.sampling import DECORD_ERRORS, sample_video_frames
-from train.engine import DistEnv, read_dist_env
+from train.engine import DistEnv, read_dist_env, shutdown_distributed
 from train.metrics import score_prediction, summarize
 
 logger = logging.getLogger(__name__)
@@ -272,11 +272,7 @@ def run(cfg: Any) -> dict[str, Any] | None:
         settings.update({"world_size": info.world_size, "device_resolved": str(device), "sampling_base_fps": 1.0, "greedy": True,
                          "sample_order": [s.sample_id for s in samples]})
         metrics = write_outputs(merged, settings, out, pred, list(cfg.length_buckets), time.perf_counter() - start)
-    if info.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown_distributed()  # the group exists only when world_size > 1
     return metrics
 
 
