@@ -90,6 +90,11 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
     # -- visual path ---------------------------------------------------------------------------------
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (N, 3, S, S), N a multiple of frames_per_group -> (N // 4, tokens_per_group, d_llm)."""
+        return self.project_groups(self.synthesize_groups(pixel_values))
+
+    def synthesize_groups(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision tower + DTS: pixel_values (N, 3, S, S) -> one token map per group of frames_per_group
+        frames, (N // 4, interp_grid**2, d_vision) row-major (the projector's input)."""
         cfg = self.config
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (N, 3, S, S), got {tuple(pixel_values.shape)}")
@@ -112,8 +117,14 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
         groups = group_frames(maps, cfg.frames_per_group, released_layout=cfg.dts_layout == "released")
         dts_dtype = self.dts.temporal_encoding.dtype
         synthesized = self.dts(groups.to(dts_dtype))  # (G, C, 1, g, g)
-        tokens = synthesized[:, :, 0].flatten(2).transpose(1, 2)  # (G, g*g, C) row-major
-        projected = self.projector(tokens.to(self.projector[0].weight.dtype))
+        return synthesized[:, :, 0].flatten(2).transpose(1, 2)  # (G, g*g, C) row-major
+
+    def project_groups(self, group_tokens: torch.Tensor) -> torch.Tensor:
+        """Projector + 2x2 pool: (G, interp_grid**2, d_vision) -> (G, tokens_per_group, d_llm)."""
+        cfg = self.config
+        if group_tokens.dim() != 3 or group_tokens.shape[1] != cfg.interp_grid**2:
+            raise ValueError(f"group_tokens must be (G, {cfg.interp_grid**2}, C), got {tuple(group_tokens.shape)}")
+        projected = self.projector(group_tokens.to(self.projector[0].weight.dtype))
         return pool_grid(projected, cfg.interp_grid, cfg.video_pool)
 
     @torch.no_grad()
@@ -164,9 +175,15 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
                             dtype=weight.dtype, device=weight.device)
         return self.encode_frames(dummy).sum() * 0.0
 
-    def _video_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """LLM input embeddings of `input_ids` with the frames' visual tokens in place (training without
-        frames adds a zero term that touches every visual weight)."""
+    def _video_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                      group_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """LLM input embeddings of `input_ids` with the frames' visual tokens in place, from `pixel_values`
+        or from their precomputed `synthesize_groups` output `group_tokens` (training without frames adds
+        a zero term that touches every visual weight)."""
+        if group_tokens is not None:
+            if pixel_values is not None:
+                raise ValueError("give pixel_values or group_tokens, not both")
+            return self.embed_inputs(input_ids, self.project_groups(group_tokens) if group_tokens.numel() else None)
         has_frames = pixel_values is not None and pixel_values.numel() > 0
         embeds = self.embed_inputs(input_ids, self.encode_frames(pixel_values) if has_frames else None)
         if self.training and not has_frames and torch.is_grad_enabled():
@@ -175,14 +192,16 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
 
     # -- forward -------------------------------------------------------------------------------------
     def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+                pixel_values: torch.Tensor | None = None, group_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy over the supervised positions (`labels` != -100): the value of
         `forward(..., labels=labels).loss`, with the LM head run on those positions only (a training
         sample supervises a fraction of its tokens, so this saves most of the head's FLOPs and logits memory).
+        The frames come as `pixel_values` or, already through the vision tower and DTS, as `group_tokens`
+        (`synthesize_groups` output, e.g. cached while those modules are frozen).
         """
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        embeds = self._video_embeds(input_ids, pixel_values)
+        embeds = self._video_embeds(input_ids, pixel_values, group_tokens)
         hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
         targets = labels[:, 1:].to(hidden.device)
         supervised = targets != IGNORE_INDEX

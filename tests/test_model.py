@@ -288,6 +288,29 @@ def test_lm_loss_equals_the_full_logits_loss_and_gradients(tiny: VideoXL2ForCaus
         tiny.lm_loss(batch["input_ids"], batch["attention_mask"], batch["labels"][:, 1:], batch["pixel_values"])
 
 
+def test_lm_loss_from_group_tokens_equals_from_pixels(tiny: VideoXL2ForCausalLM) -> None:
+    """Frames given as their `synthesize_groups` output give the pixel path's loss and projector/LLM gradients."""
+    batch = make_batch(tiny.config, seed=5)
+    tiny.train()
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    ref = tiny.lm_loss(ids, mask, labels, batch["pixel_values"])
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in tiny.named_parameters() if n.startswith(("projector", "llm"))}
+    tiny.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        tokens = tiny.synthesize_groups(batch["pixel_values"])
+    assert tokens.shape == (4, tiny.config.interp_grid**2, tiny.config.vision_hidden_size)
+    loss = tiny.lm_loss(ids, mask, labels, group_tokens=tokens)
+    loss.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(dict(tiny.named_parameters())[name].grad, grad, rtol=1e-5, atol=1e-7, msg=name)
+    with pytest.raises(ValueError, match="not both"):
+        tiny.lm_loss(ids, mask, labels, batch["pixel_values"], group_tokens=tokens)
+    with pytest.raises(ValueError, match="group_tokens must be"):
+        tiny.project_groups(tokens[:, :-1])
+
+
 def test_lm_loss_without_frames_touches_every_weight(tiny: VideoXL2ForCausalLM) -> None:
     """A text-only batch still gives every visual weight a (zero) gradient, as forward does (ZeRO-3)."""
     text_ids = make_batch(tiny.config)["input_ids"][:, -6:]

@@ -171,6 +171,7 @@ class StageParts:
 def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
     """Model (from `init_from` or fresh from config), stage heads, trainable set applied."""
     from model import VideoXL2ForCausalLM
+    from train.feature_cache import FrozenFeatureCache
     from train.objectives import TrainModule
     from train.optim import set_trainable
 
@@ -184,6 +185,12 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
         model = VideoXL2ForCausalLM(model_cfg)
     if run.loop.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    module = TrainModule(model, run.stage.loss, run.stage.masking)
+    cache_mb = run.loop.frozen_feature_cache_mb
+    dropout = float(getattr(model.config.vision_config, "attention_dropout", 0.0) or 0.0)
+    if cache_mb and dropout > 0:
+        raise ConfigError("loop.frozen_feature_cache_mb", f"the vision tower has attention_dropout={dropout}: "
+                          "its training-mode outputs are not a fixed function of the pixels")
+    cache = FrozenFeatureCache(cache_mb * 2**20) if cache_mb else None
+    module = TrainModule(model, run.stage.loss, run.stage.masking, feature_cache=cache)
     set_trainable(module.trainable_modules(), run.stage.trainable)
     return StageParts(train_module=module, model_cfg=model.config)

@@ -115,6 +115,9 @@ class LoopConfig:
     adam_eps: float = 1e-8
     max_steps: int | None = None
     loader_workers: int = 1
+    # MiB of frozen vision tower + DTS outputs memoised per rank (train/feature_cache.py); 0 = off. Only for
+    # lm stages that train neither module, below ZeRO-3 (where every rank must run the same modules).
+    frozen_feature_cache_mb: int = 0
 
 
 @dataclass
@@ -361,6 +364,18 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("loop.adam_betas", "needs two values")
     if lp.max_steps is not None and lp.max_steps < 1:
         raise ConfigError("loop.max_steps", "must be >= 1")
+    if lp.frozen_feature_cache_mb < 0:
+        raise ConfigError("loop.frozen_feature_cache_mb", "must be >= 0 (0 turns the cache off)")
+    if lp.frozen_feature_cache_mb:
+        trained = sorted({"vision_tower", "dts"} & set(st.trainable))
+        if st.loss != "lm" or trained:
+            raise ConfigError("loop.frozen_feature_cache_mb",
+                              "memoises a frozen vision tower + DTS for the lm loss; this stage trains "
+                              f"{st.trainable} with {st.loss!r}")
+        if ds.zero_stage == 3:
+            raise ConfigError("loop.frozen_feature_cache_mb",
+                              "not with deepspeed.zero_stage=3: a cache hit skips modules whose sharded "
+                              "parameters every rank must gather together")
     ck = run.checkpoint
     if ck.every_steps < 1:
         raise ConfigError("checkpoint.every_steps", "must be >= 1")

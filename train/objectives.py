@@ -15,6 +15,7 @@ from torch import nn
 from model.dts import group_frames
 from model.vision import resample_grid, siglip_features
 from train.config import MaskingConfig
+from train.feature_cache import FrozenFeatureCache
 
 
 class DTSDecoder(nn.Module):
@@ -81,11 +82,13 @@ class TrainModule(nn.Module):
     Children: `model` (VideoXL2ForCausalLM) and, for DTS pretraining, `dts_decoder`.
     """
 
-    def __init__(self, model: nn.Module, loss: str, masking: MaskingConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, loss: str, masking: MaskingConfig | None = None,
+                 feature_cache: FrozenFeatureCache | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_name = loss
         self.masking = masking
+        self.feature_cache = feature_cache
         if loss == "dts_reconstruction":
             cfg = model.config
             if masking is None:
@@ -105,6 +108,9 @@ class TrainModule(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 pixel_values: torch.Tensor) -> torch.Tensor:
         if self.loss_name == "lm":
+            if self.feature_cache is not None and pixel_values.numel():
+                tokens = self.feature_cache.group_tokens(self.model, pixel_values)
+                return self.model.lm_loss(input_ids, attention_mask, labels, group_tokens=tokens)
             return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values)
         return self.dts_reconstruction(pixel_values)
 

@@ -21,6 +21,7 @@ import torch
 from train import checkpoint as ckpt
 from train.config import RunConfig
 from train.engine import DistEnv, all_reduce_max, all_reduce_sum
+from train.feature_cache import FrozenFeatureCache
 from train.logging_utils import FlopModel, MetricsLogger
 from train.signals import StopRequest
 
@@ -79,8 +80,9 @@ class StepLoop:
     def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, grad_accum: int,
                  max_consecutive_nonfinite: int, vision_pad_token_id: int | None,
                  flops: FlopModel | None, peak_flops_per_device: float,
-                 skip_reasons: tuple[str, ...] = ()) -> None:
+                 skip_reasons: tuple[str, ...] = (), feature_cache: FrozenFeatureCache | None = None) -> None:
         self.engine = engine
+        self.feature_cache = feature_cache  # the module's memo of frozen features, reported in the metrics
         self.dist = dist
         self.dev = dev
         self.grad_accum = grad_accum
@@ -161,6 +163,10 @@ class StepLoop:
         metrics.update(lrs)
         for reason, count in zip(reasons, skipped_total, strict=True):
             metrics[f"skipped/{reason}"] = count
+        cache = self.feature_cache
+        if cache is not None:  # this rank's memo of frozen vision + DTS outputs
+            metrics["feature_cache/hit_rate"] = cache.hits / max(1, cache.hits + cache.misses)
+            metrics["feature_cache/mib"] = cache.bytes / 2**20
         if self.flops is not None:
             step_flops = self.flops.step_flops(reduced["frames"], reduced["tokens"], reduced["seq_sq"])
             metrics["flops"] = step_flops
@@ -257,7 +263,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                            run.logging.every_steps, run.logging.tqdm)
     step_loop = StepLoop(engine, dist, dev, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
-                         run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS)
+                         run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS,
+                         feature_cache=parts.train_module.feature_cache)
     result = LoopResult(state=state)
     if resume_path is not None:
         logger.event("resume", state.step, checkpoint=str(resume_path))
