@@ -29,7 +29,7 @@ from data.faults import (
 from data.sampling import FrameSample, VideoBytes, read_image, sample_image_frames, sample_video_frames
 from data.shards import IMAGE_KEYS, VIDEO_KEYS, RawSample
 from model.processing import preprocess_frames
-from model.sequence import IGNORE_INDEX, ChatTokenizer, NoSupervisedTokens, build_sequence
+from model.sequence import IGNORE_INDEX, ChatTokenizer, NoSupervisedTokens, TokenKind, build_sequence
 
 
 @dataclass
@@ -42,6 +42,8 @@ class DecodedSample:
     labels: torch.Tensor  # LongTensor[L]
     pixel_values: torch.Tensor  # FloatTensor[F, 3, S, S], F a multiple of 4 (0 for text-only)
     timestamps: list[float]  # one per group ([] for images and text-only)
+    token_kind: torch.Tensor  # LongTensor[L] of model.sequence.TokenKind
+    group_index: torch.Tensor  # LongTensor[L]: visual group of each token (-1 outside)
 
 
 def collate(samples: list[DecodedSample], pad_token_id: int, image_size: int) -> dict[str, Any]:
@@ -53,11 +55,15 @@ def collate(samples: list[DecodedSample], pad_token_id: int, image_size: int) ->
     input_ids = torch.full((bsz, length), pad_token_id, dtype=torch.long)
     labels = torch.full((bsz, length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((bsz, length), dtype=torch.long)
+    token_kind = torch.full((bsz, length), int(TokenKind.TEXT), dtype=torch.long)
+    group_index = torch.full((bsz, length), -1, dtype=torch.long)
     for i, s in enumerate(samples):
         n = int(s.input_ids.numel())
         input_ids[i, :n] = s.input_ids
         labels[i, :n] = s.labels
         attention_mask[i, :n] = 1
+        token_kind[i, :n] = s.token_kind
+        group_index[i, :n] = s.group_index
     frames = [s.pixel_values for s in samples if s.pixel_values.shape[0] > 0]
     if frames:
         pixel_values = torch.cat(frames, dim=0)
@@ -68,6 +74,8 @@ def collate(samples: list[DecodedSample], pad_token_id: int, image_size: int) ->
         "attention_mask": attention_mask,
         "labels": labels,
         "pixel_values": pixel_values,
+        "token_kind": token_kind,
+        "group_index": group_index,
         "frame_counts": torch.tensor([int(s.pixel_values.shape[0]) for s in samples], dtype=torch.long),
         "timestamps": [list(s.timestamps) for s in samples],
         "sample_ids": [s.sample_id for s in samples],
@@ -165,4 +173,5 @@ def decode_sample(raw: RawSample, opts: SampleOptions) -> DecodedSample | None:
             uint8, inverse = image[None], np.zeros(kept, dtype=np.int64)
         pixels = preprocess_frames(uint8, opts.image_size, opts.mean, opts.std)[torch.from_numpy(inverse)]
     return DecodedSample(sample_id=str(rec["id"]), task=task, input_ids=built.input_ids, labels=built.labels,
-                         pixel_values=pixels, timestamps=list(group_ts[:built.num_groups]) if group_ts else [])
+                         pixel_values=pixels, timestamps=list(group_ts[:built.num_groups]) if group_ts else [],
+                         token_kind=built.token_kind, group_index=built.group_index)

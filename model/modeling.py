@@ -197,7 +197,8 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
         `forward(..., labels=labels).loss`, with the LM head run on those positions only (a training
         sample supervises a fraction of its tokens, so this saves most of the head's FLOPs and logits memory).
         The frames come as `pixel_values` or, already through the vision tower and DTS, as `group_tokens`
-        (`synthesize_groups` output, e.g. cached while those modules are frozen).
+        (`synthesize_groups` output, e.g. cached while those modules are frozen). `attention_mask` is the
+        [B, L] padding mask or a [B, 1, L, L] boolean visibility mask used as is (model/visibility.py).
         """
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")

@@ -92,6 +92,10 @@ BAD = [
     (["stage=sft", "loop.frozen_feature_cache_mb=64"], "loop.frozen_feature_cache_mb"),  # sft trains DTS
     (["stage=dts", "loop.frozen_feature_cache_mb=64"], "loop.frozen_feature_cache_mb"),
     (["stage=align", "deepspeed.zero_stage=3", "loop.frozen_feature_cache_mb=64"], "loop.frozen_feature_cache_mb"),
+    (["stage=long", "+stage.chunked_attention.fraction=1.5"], "stage.chunked_attention.fraction"),
+    (["stage=long", "+stage.chunked_attention={fraction: 0.5, chunk_groups: 0}"], "stage.chunked_attention.chunk_groups"),
+    (["stage=long", "+stage.chunked_attention.prev_chunks=-1"], "stage.chunked_attention.prev_chunks"),
+    (["stage=dts", "+stage.chunked_attention.fraction=0.5"], "stage.chunked_attention.fraction"),
 ]
 
 

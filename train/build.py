@@ -191,6 +191,8 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
         raise ConfigError("loop.frozen_feature_cache_mb", f"the vision tower has attention_dropout={dropout}: "
                           "its training-mode outputs are not a fixed function of the pixels")
     cache = FrozenFeatureCache(cache_mb * 2**20) if cache_mb else None
-    module = TrainModule(model, run.stage.loss, run.stage.masking, feature_cache=cache)
+    chunked = run.stage.chunked_attention
+    module = TrainModule(model, run.stage.loss, run.stage.masking, feature_cache=cache,
+                         chunked_attention=chunked if chunked.fraction else None)
     set_trainable(module.trainable_modules(), run.stage.trainable)
     return StageParts(train_module=module, model_cfg=model.config)

@@ -73,6 +73,17 @@ class ProjectorCalibrationConfig:
 
 
 @dataclass
+class ChunkedAttentionConfig:
+    """Train a `fraction` of the samples (drawn per sample and step) under the visibility that chunked
+    prefill gives at inference (model/visibility.py): chunks of `chunk_groups` groups that see
+    `prev_chunks` earlier chunks. 0 (default): every sample trains with full causal attention."""
+
+    fraction: float = 0.0
+    chunk_groups: int = 4
+    prev_chunks: int = 3
+
+
+@dataclass
 class StageConfig:
     """One training stage: what is trained, how, on what, and where it starts from."""
 
@@ -91,6 +102,7 @@ class StageConfig:
     init_from: str | None = None
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     calibrate_projector: ProjectorCalibrationConfig = field(default_factory=ProjectorCalibrationConfig)
+    chunked_attention: ChunkedAttentionConfig = field(default_factory=ChunkedAttentionConfig)
 
 
 @dataclass
@@ -347,6 +359,15 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("stage.calibrate_projector.batches",
                           "calibrates a projector that this stage trains with the lm loss; "
                           f"this stage trains {st.trainable} with {st.loss!r}")
+    chunked = st.chunked_attention
+    if not 0.0 <= chunked.fraction <= 1.0:
+        raise ConfigError("stage.chunked_attention.fraction", f"must be in [0, 1], got {chunked.fraction}")
+    if chunked.chunk_groups < 1:
+        raise ConfigError("stage.chunked_attention.chunk_groups", f"must be >= 1, got {chunked.chunk_groups}")
+    if chunked.prev_chunks < 0:
+        raise ConfigError("stage.chunked_attention.prev_chunks", f"must be >= 0, got {chunked.prev_chunks}")
+    if chunked.fraction and st.loss != "lm":
+        raise ConfigError("stage.chunked_attention.fraction", f"applies to the lm loss, not {st.loss!r}")
     ds = run.deepspeed
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError("deepspeed.zero_stage", f"must be 0..3, got {ds.zero_stage}")

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from model.dts import group_frames
+from model.visibility import causal_visibility, chunked_visibility
 from model.vision import resample_grid, siglip_features
-from train.config import MaskingConfig
+from train.config import ChunkedAttentionConfig, MaskingConfig
 from train.feature_cache import FrozenFeatureCache
 
 
@@ -83,12 +84,14 @@ class TrainModule(nn.Module):
     """
 
     def __init__(self, model: nn.Module, loss: str, masking: MaskingConfig | None = None,
-                 feature_cache: FrozenFeatureCache | None = None) -> None:
+                 feature_cache: FrozenFeatureCache | None = None,
+                 chunked_attention: ChunkedAttentionConfig | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_name = loss
         self.masking = masking
         self.feature_cache = feature_cache
+        self.chunked_attention = chunked_attention
         if loss == "dts_reconstruction":
             cfg = model.config
             if masking is None:
@@ -106,13 +109,34 @@ class TrainModule(nn.Module):
         return mods
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                pixel_values: torch.Tensor) -> torch.Tensor:
+                pixel_values: torch.Tensor, token_kind: torch.Tensor | None = None,
+                group_index: torch.Tensor | None = None) -> torch.Tensor:
         if self.loss_name == "lm":
+            attention_mask = self.visibility(attention_mask, token_kind, group_index)
             if self.feature_cache is not None and pixel_values.numel():
                 tokens = self.feature_cache.group_tokens(self.model, pixel_values)
                 return self.model.lm_loss(input_ids, attention_mask, labels, group_tokens=tokens)
             return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values)
         return self.dts_reconstruction(pixel_values)
+
+    def visibility(self, attention_mask: torch.Tensor, token_kind: torch.Tensor | None,
+                   group_index: torch.Tensor | None) -> torch.Tensor:
+        """The LLM's attention mask: the [B, L] padding mask, or with `chunked_attention` a [B, 1, L, L]
+        mask in which a drawn `fraction` of the samples see what chunked prefill would show them."""
+        cfg = self.chunked_attention
+        if cfg is None or cfg.fraction == 0:
+            return attention_mask
+        if token_kind is None or group_index is None:
+            raise ValueError("chunked_attention: the batch lacks token_kind/group_index (data.collate adds them)")
+        picked = torch.rand(attention_mask.shape[0]) < cfg.fraction
+        if not bool(picked.any()):
+            return attention_mask
+        valid = attention_mask.bool()
+        mask = causal_visibility(valid)
+        picked = picked.to(valid.device)
+        mask[picked] = chunked_visibility(token_kind[picked], group_index[picked], valid[picked],
+                                          cfg.chunk_groups, cfg.prev_chunks)
+        return mask
 
     def dts_reconstruction(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Masked reconstruction loss of the 4 frames' interpolated encoder tokens from the DTS output."""

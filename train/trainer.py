@@ -64,8 +64,9 @@ def seed_everything(seed: int) -> None:
 
 
 def _batch_tensors(batch: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(dev, non_blocking=True)
-            for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
+    """The module's inputs on `dev`: ids, mask, labels, frames, and the token layout when the batch has it."""
+    keys = ("input_ids", "attention_mask", "labels", "pixel_values", "token_kind", "group_index")
+    return {k: batch[k].to(dev, non_blocking=True) for k in keys if k in batch}
 
 
 class StepLoop:
