@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_model import make_batch
 
 from model import VideoXL2ForCausalLM, build_preset
 from train.feature_cache import FrozenFeatureCache
@@ -62,8 +63,6 @@ def test_full_cache_stops_storing_but_stays_exact(frozen_encoder: VideoXL2ForCau
 
 
 def test_train_module_with_cache_gives_the_same_loss_and_gradients(frozen_encoder: VideoXL2ForCausalLM) -> None:
-    from tests.test_model import make_batch
-
     model = frozen_encoder
     batch = make_batch(model.config, seed=7)
     plain = TrainModule(model, "lm")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_model import make_batch
 
 from dense_reference import dense_visibility, synthetic_layout
+from model import VideoXL2ForCausalLM, build_preset
 from model.sequence import TokenKind
 from model.visibility import causal_visibility, chunked_visibility
+from train.config import ChunkedAttentionConfig
+from train.objectives import TrainModule
 
 
 def padded_batch(layouts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
@@ -75,12 +79,6 @@ def batch_layout(batch: dict[str, torch.Tensor], cfg) -> tuple[torch.Tensor, tor
 def test_training_under_a_visibility_mask() -> None:
     """The LLM uses a [B, 1, L, L] mask as is: causal_visibility gives the padding-mask loss, and a
     TrainModule with chunked_attention.fraction=1 trains every sample under chunked_visibility."""
-    from tests.test_model import make_batch
-
-    from model import VideoXL2ForCausalLM, build_preset
-    from train.config import ChunkedAttentionConfig
-    from train.objectives import TrainModule
-
     torch.manual_seed(0)
     cfg = build_preset("tiny")
     model = VideoXL2ForCausalLM(cfg).train()
