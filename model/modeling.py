@@ -18,6 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import VideoXL2Config
 from .dts import DTS, RelativePositionTable, TemporalAttention, group_frames
+from .pooled_attention import POOLED_SDPA
 from .projector import build_projector, pool_grid
 from .sequence import IGNORE_INDEX
 from .vision import resample_grid, siglip_features
@@ -192,18 +193,28 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
 
     # -- forward -------------------------------------------------------------------------------------
     def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                pixel_values: torch.Tensor | None = None, group_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                pixel_values: torch.Tensor | None = None, group_tokens: torch.Tensor | None = None,
+                pooling: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy over the supervised positions (`labels` != -100): the value of
         `forward(..., labels=labels).loss`, with the LM head run on those positions only (a training
         sample supervises a fraction of its tokens, so this saves most of the head's FLOPs and logits memory).
         The frames come as `pixel_values` or, already through the vision tower and DTS, as `group_tokens`
         (`synthesize_groups` output, e.g. cached while those modules are frozen). `attention_mask` is the
-        [B, L] padding mask or a [B, 1, L, L] boolean visibility mask used as is (model/visibility.py).
+        [B, L] padding mask or a [B, 1, L, L] boolean visibility mask used as is (model/visibility.py);
+        with `pooling` [B, M, L] the mask is [B, 1, L, L + M] over the sequence plus M pooled entries
+        (`bilevel_visibility`), which needs the LLM on `model.pooled_attention.POOLED_SDPA`.
         """
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        extra: dict[str, torch.Tensor] = {}
+        if pooling is not None:
+            if self.llm.config._attn_implementation != POOLED_SDPA:
+                raise ValueError(f"pooling: the LLM attends with {self.llm.config._attn_implementation!r}, which "
+                                 f"ignores pooled entries; call llm.set_attn_implementation({POOLED_SDPA!r})")
+            extra["pooling"] = pooling
         embeds = self._video_embeds(input_ids, pixel_values, group_tokens)
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
+                                **extra).last_hidden_state
         targets = labels[:, 1:].to(hidden.device)
         supervised = targets != IGNORE_INDEX
         logits = self.llm.lm_head(hidden[:, :-1][supervised])

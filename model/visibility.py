@@ -61,3 +61,52 @@ def chunked_visibility(token_kind: torch.Tensor, group_index: torch.Tensor, vali
     near = (chunk[:, :, None] - chunk[:, None, :] <= prev_chunks) & (chunk[:, None, :] <= chunk[:, :, None])
     allowed = ~member[:, :, None] | ~member[:, None, :] | near
     return causal_visibility(valid) & allowed[:, None]
+
+
+def bilevel_visibility(token_kind: torch.Tensor, group_index: torch.Tensor, valid: torch.Tensor,
+                       chunk_groups: int, prev_chunks: int, dense: torch.Tensor,
+                       kv_pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked prefill followed by bi-level decoding, as masks over the sequence plus pooled entries.
+
+    `dense` [B, C] marks each sample's dense chunks (C >= its chunk count). The video tokens see what
+    :func:`chunked_visibility` gives them; the tokens after the video see, instead of the visual tokens
+    of each sparse chunk, one entry per window of `kv_pool` consecutive visual tokens of a group (the
+    average of their keys and values, as `model.inference.bilevel.compact` stores them). Returns
+    `(mask [B, 1, L, L + M], pooling [B, M, L])`: row m of `pooling` averages the positions of pooled
+    entry m (zero rows pad samples with fewer entries); attention appends `pooling @ K` and
+    `pooling @ V` after the L sequence keys (:func:`model.pooled_attention.pooled_sdpa`).
+    """
+    if not isinstance(kv_pool, int) or kv_pool < 1:
+        raise ValueError(f"kv_pool: must be an int >= 1, got {kv_pool!r}")
+    if dense.dim() != 2 or dense.shape[0] != valid.shape[0]:
+        raise ValueError(f"dense: expected [B, C] with B = {valid.shape[0]}, got {tuple(dense.shape)}")
+    base = chunked_visibility(token_kind, group_index, valid, chunk_groups, prev_chunks)
+    bsz, length = valid.shape
+    valid = valid.bool()
+    windows: list[list[list[int]]] = []
+    suffix_start: list[int] = []
+    for b in range(bsz):
+        kinds = token_kind[b].tolist()
+        video = [i for i, k in enumerate(kinds) if valid[b, i] and k in (TokenKind.TIMESTAMP, TokenKind.VISUAL)]
+        suffix_start.append(video[-1] + 1 if video else length)
+        sparse_by_group: dict[int, list[int]] = {}
+        for i in video:
+            g = int(group_index[b, i])
+            if kinds[i] == TokenKind.VISUAL and not bool(dense[b, g // chunk_groups]):
+                sparse_by_group.setdefault(g, []).append(i)
+        windows.append([pos[j:j + kv_pool] for _, pos in sorted(sparse_by_group.items())
+                        for j in range(0, len(pos), kv_pool)])
+    pooled = max((len(w) for w in windows), default=0)
+    pooling = torch.zeros(bsz, pooled, length, dtype=torch.float32, device=valid.device)
+    extra = torch.zeros(bsz, 1, length, pooled, dtype=torch.bool, device=valid.device)
+    mask = base.clone()
+    positions = torch.arange(length, device=valid.device)
+    for b, rows in enumerate(windows):
+        after = (positions >= suffix_start[b]) & valid[b]
+        hidden = torch.zeros(length, dtype=torch.bool, device=valid.device)
+        for m, members in enumerate(rows):
+            pooling[b, m, members] = 1.0 / len(members)
+            hidden[members] = True
+            extra[b, 0, after, m] = True
+        mask[b, 0] &= ~(after[:, None] & hidden[None, :])
+    return torch.cat([mask, extra], dim=-1), pooling

@@ -96,6 +96,9 @@ BAD = [
     (["stage=long", "+stage.chunked_attention={fraction: 0.5, chunk_groups: 0}"], "stage.chunked_attention.chunk_groups"),
     (["stage=long", "+stage.chunked_attention.prev_chunks=-1"], "stage.chunked_attention.prev_chunks"),
     (["stage=dts", "+stage.chunked_attention.fraction=0.5"], "stage.chunked_attention.fraction"),
+    (["stage=long", "+stage.chunked_attention.bilevel_fraction=2"], "stage.chunked_attention.bilevel_fraction"),
+    (["stage=long", "+stage.chunked_attention.top_k=-1"], "stage.chunked_attention.top_k"),
+    (["stage=long", "+stage.chunked_attention.kv_pool=0"], "stage.chunked_attention.kv_pool"),
 ]
 
 

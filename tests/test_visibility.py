@@ -6,10 +6,12 @@ import pytest
 import torch
 from test_model import make_batch
 
-from dense_reference import dense_visibility, synthetic_layout
+from dense_reference import dense_visibility, synthetic_layout, tiny_qwen2
 from model import VideoXL2ForCausalLM, build_preset
+from model.inference import generate_video
+from model.pooled_attention import POOLED_SDPA
 from model.sequence import TokenKind
-from model.visibility import causal_visibility, chunked_visibility
+from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
 from train.config import ChunkedAttentionConfig
 from train.objectives import TrainModule
 
@@ -95,3 +97,66 @@ def test_training_under_a_visibility_mask() -> None:
     torch.testing.assert_close(module(ids, mask, labels, px, token_kind=kind, group_index=group), chunked)
     with pytest.raises(ValueError, match="token_kind"):
         module(ids, mask, labels, px)
+
+
+@pytest.mark.parametrize(("dense_chunks", "kv_pool", "seed"), [([2], 4, 3), ([], 2, 4), ([1, 3], 3, 5)])
+def test_bilevel_training_view_equals_inference_decoding(dense_chunks: list[int], kv_pool: int, seed: int) -> None:
+    """The last prompt token's logits under bilevel_visibility + pooled attention are the first-token
+    scores of generate_video with chunked prefill and bi-level decoding on the same dense chunks."""
+    gen = torch.Generator().manual_seed(seed)
+    kind, group = synthetic_layout(gen, 9, 6, ts_tokens=2, inner_text=True)
+    llm = tiny_qwen2(seed, vocab=97)
+    ids = torch.randint(5, 97, (kind.numel(),), generator=gen)
+    vis = torch.randn(9, 6, 64, generator=gen)
+    embeds = llm.get_input_embeddings()(ids).detach().clone()
+    embeds[kind == TokenKind.VISUAL] = vis.reshape(-1, 64)
+    ref = generate_video(llm, ids, None, (kind, group), visual_embeds=vis, eos_token_id=None, chunk_groups=2,
+                         prev_chunks=1, prefill="chunked", decode="bilevel", dense_chunks=dense_chunks, top_k=0,
+                         kv_pool=kv_pool, max_new_tokens=1, return_scores=True)
+    dense = torch.zeros(1, 5, dtype=torch.bool)
+    dense[0, [0, 4, *dense_chunks]] = True
+    valid = torch.ones(1, kind.numel(), dtype=torch.bool)
+    mask, pooling = bilevel_visibility(kind[None], group[None], valid, 2, 1, dense, kv_pool)
+    sparse_groups = sum(1 for g in range(9) if not dense[0, g // 2])
+    assert pooling.shape == (1, sparse_groups * -(-6 // kv_pool), kind.numel())  # windows per 6-token group
+    torch.testing.assert_close(pooling.sum(-1), torch.ones(1, pooling.shape[1]))
+    llm.set_attn_implementation(POOLED_SDPA)
+    with torch.no_grad():
+        logits = llm(inputs_embeds=embeds[None], attention_mask=mask, pooling=pooling).logits[0, -1]
+    torch.testing.assert_close(logits, ref.scores[0], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # without pooled entries the suffix would see the raw keys: different logits
+        plain = llm(inputs_embeds=embeds[None],
+                    attention_mask=chunked_visibility(kind[None], group[None], valid, 2, 1)).logits[0, -1]
+    assert (plain - logits).abs().max() > 1e-4
+
+
+def test_train_module_bilevel_samples() -> None:
+    """bilevel_fraction=1: every sample trains under bi-level decoding's view (a loss other than the
+    chunked-only one, finite gradients); pooled entries without the pooled attention are refused."""
+    torch.manual_seed(0)
+    cfg = build_preset("tiny")
+    model = VideoXL2ForCausalLM(cfg).train()
+    groups, t, s = 4, cfg.tokens_per_group, cfg.image_size  # 4 one-group chunks: two of them sparse
+    ids = torch.randint(6, cfg.text_config.vocab_size, (2, 4 + groups * (3 + t) + 6))
+    for g in range(groups):
+        ids[:, 4 + g * (3 + t) + 3:4 + (g + 1) * (3 + t)] = cfg.vision_pad_token_id
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    labels = torch.where((ids == cfg.vision_pad_token_id) | (mask == 0), -100, ids)
+    labels[:, :4] = -100
+    px = torch.rand(2 * 4 * groups, 3, s, s) * 2 - 1
+    kind, group = batch_layout({"input_ids": ids}, cfg)
+    with pytest.raises(ValueError, match="pooling"):
+        model.lm_loss(ids, mask, labels, px, pooling=torch.zeros(3, 1, ids.shape[1]))
+    chunked = TrainModule(model, "lm", chunked_attention=ChunkedAttentionConfig(fraction=1.0, chunk_groups=1,
+                                                                               prev_chunks=0))
+    plain = chunked(ids, mask, labels, px, token_kind=kind, group_index=group)
+    bilevel_cfg = ChunkedAttentionConfig(fraction=1.0, chunk_groups=1, prev_chunks=0, bilevel_fraction=1.0,
+                                         top_k=0, kv_pool=4)
+    module = TrainModule(model, "lm", chunked_attention=bilevel_cfg)
+    att, pooling = module.visibility(mask, kind, group)
+    assert pooling is not None and pooling.shape[1] > 0 and att.shape[-1] == ids.shape[1] + pooling.shape[1]
+    loss = module(ids, mask, labels, px, token_kind=kind, group_index=group)
+    assert (loss - plain).abs() > 1e-5
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -81,6 +81,12 @@ class ChunkedAttentionConfig:
     fraction: float = 0.0
     chunk_groups: int = 4
     prev_chunks: int = 3
+    # of those samples, the share whose tokens after the video see bi-level decoding's cache instead:
+    # the first, the last and `top_k` random other chunks in full, the other chunks' visual keys and
+    # values averaged in windows of `kv_pool` (model/visibility.py, bilevel_visibility)
+    bilevel_fraction: float = 0.0
+    top_k: int = 4
+    kv_pool: int = 4
 
 
 @dataclass
@@ -366,6 +372,12 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("stage.chunked_attention.chunk_groups", f"must be >= 1, got {chunked.chunk_groups}")
     if chunked.prev_chunks < 0:
         raise ConfigError("stage.chunked_attention.prev_chunks", f"must be >= 0, got {chunked.prev_chunks}")
+    if not 0.0 <= chunked.bilevel_fraction <= 1.0:
+        raise ConfigError("stage.chunked_attention.bilevel_fraction", f"must be in [0, 1], got {chunked.bilevel_fraction}")
+    if chunked.top_k < 0:
+        raise ConfigError("stage.chunked_attention.top_k", f"must be >= 0, got {chunked.top_k}")
+    if chunked.kv_pool < 1:
+        raise ConfigError("stage.chunked_attention.kv_pool", f"must be >= 1, got {chunked.kv_pool}")
     if chunked.fraction and st.loss != "lm":
         raise ConfigError("stage.chunked_attention.fraction", f"applies to the lm loss, not {st.loss!r}")
     ds = run.deepspeed

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from model.dts import group_frames
-from model.visibility import causal_visibility, chunked_visibility
+from model.pooled_attention import POOLED_SDPA
+from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
 from model.vision import resample_grid, siglip_features
 from train.config import ChunkedAttentionConfig, MaskingConfig
 from train.feature_cache import FrozenFeatureCache
@@ -92,6 +93,8 @@ class TrainModule(nn.Module):
         self.masking = masking
         self.feature_cache = feature_cache
         self.chunked_attention = chunked_attention
+        if chunked_attention is not None and chunked_attention.bilevel_fraction > 0:
+            model.llm.set_attn_implementation(POOLED_SDPA)  # SDPA that also reads the pooled entries
         if loss == "dts_reconstruction":
             cfg = model.config
             if masking is None:
@@ -112,31 +115,58 @@ class TrainModule(nn.Module):
                 pixel_values: torch.Tensor, token_kind: torch.Tensor | None = None,
                 group_index: torch.Tensor | None = None) -> torch.Tensor:
         if self.loss_name == "lm":
-            attention_mask = self.visibility(attention_mask, token_kind, group_index)
+            attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
             if self.feature_cache is not None and pixel_values.numel():
                 tokens = self.feature_cache.group_tokens(self.model, pixel_values)
-                return self.model.lm_loss(input_ids, attention_mask, labels, group_tokens=tokens)
-            return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values)
+                return self.model.lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, pooling=pooling)
+            return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values, pooling=pooling)
         return self.dts_reconstruction(pixel_values)
 
     def visibility(self, attention_mask: torch.Tensor, token_kind: torch.Tensor | None,
-                   group_index: torch.Tensor | None) -> torch.Tensor:
-        """The LLM's attention mask: the [B, L] padding mask, or with `chunked_attention` a [B, 1, L, L]
-        mask in which a drawn `fraction` of the samples see what chunked prefill would show them."""
+                   group_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LLM's attention mask and pooled-entry weights (None when there are none).
+
+        Without `chunked_attention`: the [B, L] padding mask. With it, a [B, 1, L, L(+M)] mask in which a
+        drawn `fraction` of the samples see what chunked prefill shows them and, of those, a drawn
+        `bilevel_fraction` decode after the video from bi-level decoding's cache (random dense chunks).
+        """
         cfg = self.chunked_attention
         if cfg is None or cfg.fraction == 0:
-            return attention_mask
+            return attention_mask, None
         if token_kind is None or group_index is None:
             raise ValueError("chunked_attention: the batch lacks token_kind/group_index (data.collate adds them)")
-        picked = torch.rand(attention_mask.shape[0]) < cfg.fraction
+        bsz = attention_mask.shape[0]
+        picked = torch.rand(bsz) < cfg.fraction
+        pooled = picked & (torch.rand(bsz) < cfg.bilevel_fraction)
         if not bool(picked.any()):
-            return attention_mask
+            return attention_mask, None
         valid = attention_mask.bool()
+        dev = valid.device
         mask = causal_visibility(valid)
-        picked = picked.to(valid.device)
-        mask[picked] = chunked_visibility(token_kind[picked], group_index[picked], valid[picked],
-                                          cfg.chunk_groups, cfg.prev_chunks)
-        return mask
+        chunked = picked & ~pooled
+        if bool(chunked.any()):
+            rows = chunked.to(dev)
+            mask[rows] = chunked_visibility(token_kind[rows], group_index[rows], valid[rows],
+                                            cfg.chunk_groups, cfg.prev_chunks)
+        if not bool(pooled.any()):
+            return mask, None
+        dense = self._draw_dense(group_index, cfg.chunk_groups, cfg.top_k).to(dev)
+        full, pooling = bilevel_visibility(token_kind, group_index, valid, cfg.chunk_groups, cfg.prev_chunks,
+                                           dense | ~pooled.to(dev)[:, None], cfg.kv_pool)
+        mask = torch.cat([mask, torch.zeros_like(full[..., mask.shape[-1]:])], dim=-1)
+        mask[pooled.to(dev)] = full[pooled.to(dev)]
+        return mask, pooling
+
+    @staticmethod
+    def _draw_dense(group_index: torch.Tensor, chunk_groups: int, top_k: int) -> torch.Tensor:
+        """BoolTensor[B, C]: per sample its first and last chunk plus `top_k` random others."""
+        chunks = (group_index.max(dim=1).values.clamp(min=0) // chunk_groups + 1).tolist()
+        dense = torch.zeros(len(chunks), max(chunks), dtype=torch.bool)
+        for b, n in enumerate(chunks):
+            dense[b, [0, n - 1]] = True
+            others = torch.randperm(max(0, n - 2))[:top_k] + 1
+            dense[b, others] = True
+        return dense
 
     def dts_reconstruction(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Masked reconstruction loss of the 4 frames' interpolated encoder tokens from the DTS output."""
