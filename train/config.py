@@ -366,18 +366,12 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
                           "calibrates a projector that this stage trains with the lm loss; "
                           f"this stage trains {st.trainable} with {st.loss!r}")
     chunked = st.chunked_attention
-    if not 0.0 <= chunked.fraction <= 1.0:
-        raise ConfigError("stage.chunked_attention.fraction", f"must be in [0, 1], got {chunked.fraction}")
-    if chunked.chunk_groups < 1:
-        raise ConfigError("stage.chunked_attention.chunk_groups", f"must be >= 1, got {chunked.chunk_groups}")
-    if chunked.prev_chunks < 0:
-        raise ConfigError("stage.chunked_attention.prev_chunks", f"must be >= 0, got {chunked.prev_chunks}")
-    if not 0.0 <= chunked.bilevel_fraction <= 1.0:
-        raise ConfigError("stage.chunked_attention.bilevel_fraction", f"must be in [0, 1], got {chunked.bilevel_fraction}")
-    if chunked.top_k < 0:
-        raise ConfigError("stage.chunked_attention.top_k", f"must be >= 0, got {chunked.top_k}")
-    if chunked.kv_pool < 1:
-        raise ConfigError("stage.chunked_attention.kv_pool", f"must be >= 1, got {chunked.kv_pool}")
+    for name in ("fraction", "bilevel_fraction"):
+        if not 0.0 <= getattr(chunked, name) <= 1.0:
+            raise ConfigError(f"stage.chunked_attention.{name}", f"must be in [0, 1], got {getattr(chunked, name)}")
+    for name, low in (("chunk_groups", 1), ("prev_chunks", 0), ("top_k", 0), ("kv_pool", 1)):
+        if getattr(chunked, name) < low:
+            raise ConfigError(f"stage.chunked_attention.{name}", f"must be >= {low}, got {getattr(chunked, name)}")
     if chunked.fraction and st.loss != "lm":
         raise ConfigError("stage.chunked_attention.fraction", f"applies to the lm loss, not {st.loss!r}")
     ds = run.deepspeed
