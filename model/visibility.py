@@ -86,14 +86,14 @@ def bilevel_visibility(token_kind: torch.Tensor, group_index: torch.Tensor, vali
     windows: list[list[list[int]]] = []
     suffix_start: list[int] = []
     for b in range(bsz):
-        kinds = token_kind[b].tolist()
-        video = [i for i, k in enumerate(kinds) if valid[b, i] and k in (TokenKind.TIMESTAMP, TokenKind.VISUAL)]
+        kinds, groups, real = token_kind[b].tolist(), group_index[b].tolist(), valid[b].tolist()
+        dense_b = dense[b].tolist()
+        video = [i for i, k in enumerate(kinds) if real[i] and k in (TokenKind.TIMESTAMP, TokenKind.VISUAL)]
         suffix_start.append(video[-1] + 1 if video else length)
         sparse_by_group: dict[int, list[int]] = {}
         for i in video:
-            g = int(group_index[b, i])
-            if kinds[i] == TokenKind.VISUAL and not bool(dense[b, g // chunk_groups]):
-                sparse_by_group.setdefault(g, []).append(i)
+            if kinds[i] == TokenKind.VISUAL and not dense_b[groups[i] // chunk_groups]:
+                sparse_by_group.setdefault(groups[i], []).append(i)
         windows.append([pos[j:j + kv_pool] for _, pos in sorted(sparse_by_group.items())
                         for j in range(0, len(pos), kv_pool)])
     pooled = max((len(w) for w in windows), default=0)

@@ -141,20 +141,22 @@ class TrainModule(nn.Module):
         if not bool(picked.any()):
             return attention_mask, None
         valid = attention_mask.bool()
-        dev = valid.device
         mask = causal_visibility(valid)
-        chunked = picked & ~pooled
+        chunked = (picked & ~pooled).to(valid.device)
         if bool(chunked.any()):
-            rows = chunked.to(dev)
-            mask[rows] = chunked_visibility(token_kind[rows], group_index[rows], valid[rows],
-                                            cfg.chunk_groups, cfg.prev_chunks)
+            mask[chunked] = chunked_visibility(token_kind[chunked], group_index[chunked], valid[chunked],
+                                               cfg.chunk_groups, cfg.prev_chunks)
         if not bool(pooled.any()):
             return mask, None
-        dense = self._draw_dense(group_index, cfg.chunk_groups, cfg.top_k).to(dev)
-        full, pooling = bilevel_visibility(token_kind, group_index, valid, cfg.chunk_groups, cfg.prev_chunks,
-                                           dense | ~pooled.to(dev)[:, None], cfg.kv_pool)
-        mask = torch.cat([mask, torch.zeros_like(full[..., mask.shape[-1]:])], dim=-1)
-        mask[pooled.to(dev)] = full[pooled.to(dev)]
+        rows = pooled.to(valid.device)
+        # drawn for every row, so the random stream does not depend on which rows were picked
+        dense = self._draw_dense(group_index, cfg.chunk_groups, cfg.top_k).to(valid.device)[rows]
+        sub_mask, sub_pooling = bilevel_visibility(token_kind[rows], group_index[rows], valid[rows],
+                                                   cfg.chunk_groups, cfg.prev_chunks, dense, cfg.kv_pool)
+        mask = nn.functional.pad(mask, (0, sub_pooling.shape[1]))  # pooled columns: hidden from other rows
+        mask[rows] = sub_mask
+        pooling = sub_pooling.new_zeros(bsz, *sub_pooling.shape[1:])
+        pooling[rows] = sub_pooling
         return mask, pooling
 
     @staticmethod
