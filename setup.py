@@ -22,7 +22,7 @@ setup(
         "hydra-core>=1.3,<1.4",
         "omegaconf>=2.3",
         "decord==0.6.0",
-        "av>=12",
+        "av==18.1.0",              # encodes the generated test videos: pinned for the golden losses
         "numpy>=1.26",
         "tqdm>=4.66",
         "matplotlib>=3.8",

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, subprocess_env
+from helpers import REPO, SYNTH_ARGS, subprocess_env
 
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset (8 videos, seed 0) written once per test session."""
     out = tmp_path_factory.mktemp("synth")
-    subprocess.run([sys.executable, "-m", "data.synth", "--out", str(out), "--videos", "8", "--seed", "0"],
+    subprocess.run([sys.executable, "-m", "data.synth", "--out", str(out), *SYNTH_ARGS],
                    cwd=REPO, env=subprocess_env(), check=True, capture_output=True, timeout=300)
     return out

@@ -18,6 +18,8 @@ import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+# `python -m data.synth` arguments of the small dataset the multi-process tests share (and the golden losses)
+SYNTH_ARGS = ("--videos", "8", "--seed", "0")
 
 
 # Launcher variables the test process may carry; a child must not inherit them, or a 1-process run
