@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data.benchmarks.common import EVAL_TASKS, LETTERS, AnnotationError, EvalSample
-from data.shards import SHARD_READ_ERRORS, RawSample, iter_shard
+
+if TYPE_CHECKING:
+    from data.shards import RawSample
 
 
 def _need(row: dict[str, Any], key: str, path: Path, where: str, kind: type | tuple[type, ...]) -> Any:
@@ -109,6 +111,8 @@ def read_synth_shards(shard_dir: str | Path, extract_dir: str | Path, split: str
     Shards are streamed one sample at a time with `data.shards.iter_shard`: only known member keys
     are read, anything else (``.pyd``, ``.pickle``, ...) is skipped unread.
     """
+    from data.shards import SHARD_READ_ERRORS, iter_shard  # webdataset: imported only when shards are read
+
     shards = sorted(Path(shard_dir).glob(f"{split}-*.tar"))
     if not shards:
         raise FileNotFoundError(f"no shards {split}-*.tar under {shard_dir}")
