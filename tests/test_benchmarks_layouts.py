@@ -359,3 +359,29 @@ def test_unreadable_file_names_it(tmp_path: Path, fmt: str, name: str, data: byt
     with pytest.raises(AnnotationError) as info:
         read_benchmark(fmt, path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_lvbench_question_type_and_time_forms() -> None:
+    from data.benchmarks.common import parse_time_range
+    from data.benchmarks.lvbench import question_types
+
+    assert question_types(["a", "b"]) == ["a", "b"]
+    assert question_types("['key information retrieval', 'reasoning']") == ["key information retrieval", "reasoning"]
+    assert question_types('["a"]') == ["a"] and question_types("reasoning") == ["reasoning"] and question_types(None) == []
+    assert parse_time_range("105:07-106:10") == (6307.0, 6370.0)
+    assert parse_time_range("1:02:03-1:02:10") == (3723.0, 3730.0)
+    for bad in ("None", "12:3x-13:00", "10:00"):
+        with pytest.raises(ValueError):
+            parse_time_range(bad)
+
+
+def test_records_through_read_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = {"id": "r0", "video": "r0.mp4", "task": "mcq", "answer": {"letter": "B"},
+           "conversations": [{"from": "human", "value": "<image>\nQ?\nA. x\nB. y"}, {"from": "gpt", "value": "B"}]}
+    (tmp_path / "ann.json").write_text(json.dumps([rec]))
+    monkeypatch.chdir(tmp_path)
+    read = read_benchmark("records", "ann.json", ".")
+    assert read.summary() == {"samples": 1, "excluded": {}, "missing_videos": 1, "layout": "records"}
+    assert read.samples[0].video == str(tmp_path / "r0.mp4") and read.samples[0].answer == "B"
+    with pytest.raises(ValueError, match="unknown benchmark format 'egoschema'"):
+        read_benchmark("egoschema", "ann.json")

@@ -76,6 +76,7 @@ def read_benchmark(fmt: str, path: str | Path, video_root: str | Path | None = N
     else:
         raise ValueError(f"unknown benchmark format {fmt!r} (one of {', '.join(FORMATS)})")
     for s in samples:
+        s.video = str(Path(s.video).absolute())
         s.metadata.setdefault("benchmark", fmt)
         s.metadata.setdefault("layout", layout)
         if not Path(s.video).is_file():
