@@ -64,12 +64,12 @@ def _mlvu_lmms_rows(files: dict[str, list[dict[str, Any]]], task_names: dict[str
     rows = []
     for stem in _MLVU_MCQ:
         task = stem.split("_", 1)[1]
-        for k, r in enumerate(files[stem]):
-            lines = [f"({LETTERS[j]}) {c}" for j, c in enumerate(r["candidates"])]
+        for r in files[stem]:
+            lines = "".join(f"({LETTERS[j]}) {c}\n" for j, c in enumerate(r["candidates"]))
             rows.append({"video_name": r["video"], "duration": float(r["duration"]),
-                         "question": "\n".join([r["question"], *lines]), "candidates": r["candidates"],
+                         "question": f"{r['question']}\n{lines}", "candidates": r["candidates"],
                          "answer": LETTERS[r["candidates"].index(r["answer"])],
-                         "task_type": task_names.get(task, task), "question_id": f"{task}_{k}"})
+                         "task_type": task_names.get(task, task), "question_id": f"Q{len(rows)}"})
     return rows
 
 
@@ -150,7 +150,8 @@ def test_longvideobench_json_and_parquet_agree(tmp_path: Path) -> None:
              "question": f"Question {i}?", "candidates": [f"c{i}{j}" for j in range(4 + i % 2)],
              "correct_choice": (3 * i) % (4 + i % 2), "duration": 8.0 + 900 * i, "duration_group": groups[i],
              "question_category": cats[i], "topic_category": "NP-News-Programs", "level": "L2-Relation",
-             "starting_timestamp_for_subtitles": 0.0}
+             "starting_timestamp_for_subtitles": 0, "question_wo_referring_query": "Q?", "position": [854, 948],
+             "view_count": 259852, "type": "local"}
             for i, vid in enumerate(["86CxyhFV9MI", "@jonnyjonnyjonnyjon1", "-ab3_cd4EFg", "XyZ0123abcd"])]
     json_path = tmp_path / "lvb_val.json"
     json_path.write_text(json.dumps(rows))
@@ -159,7 +160,7 @@ def test_longvideobench_json_and_parquet_agree(tmp_path: Path) -> None:
     release = read_benchmark("longvideobench", json_path, tmp_path)
     assert release.summary() == {"samples": len(rows), "excluded": {}, "missing_videos": 0, "layout": "release"}
 
-    flat = [{**{k: v for k, v in r.items() if k not in ("candidates", "level")},
+    flat = [{**{k: v for k, v in r.items() if k in _LVB_SCHEMA.names},
              **{f"option{k}": (r["candidates"] + ["N/A"] * 5)[k] for k in range(5)}} for r in rows]
     parquet_path = tmp_path / "validation-00000-of-00001.parquet"
     pq.write_table(pa.Table.from_pylist(flat, schema=_LVB_SCHEMA), parquet_path)

@@ -5,9 +5,12 @@ the authors' loader (github.com/longvideobench/LongVideoBench ``longvideobench/l
 reads ``id``, ``question``, ``candidates`` (4 or 5 option texts, no letters, lettered ``A.``..``E.``
 in order), ``correct_choice`` (0-based int; absent in the test file), ``video_path`` (file name under
 ``videos/``), ``subtitle_path``, ``duration`` (seconds) and ``starting_timestamp_for_subtitles``;
-rows also hold ``video_id`` (YouTube id, some prefixed ``@``), ``duration_group`` (15 / 60 / 600 /
-3600), ``question_category``, ``topic_category`` and ``level`` (read by third-party loaders, e.g.
-VideoMind's ``longvideobench.py``). The parquet that lmms-eval reads (``validation-*.parquet``,
+the full row (a copy of the file in github.com/lwpyh/answer-entropy-zoom) is ``video_id`` (YouTube
+id; VideoMind's loader notes some are prefixed ``@``), ``question``, ``question_wo_referring_query``,
+``candidates``, ``correct_choice``, ``position`` (frame indices), ``topic_category``,
+``question_category``, ``level``, ``id`` (``<video_id>_<n>``), ``video_path``, ``subtitle_path``,
+``duration_group`` (15 / 60 / 600 / 3600), ``starting_timestamp_for_subtitles`` (int 0 there),
+``duration``, ``view_count``, ``type``. The parquet that lmms-eval reads (``validation-*.parquet``,
 ``lmms_eval/tasks/longvideobench/longvideobench_val_v.yaml``) has, per the card of
 ``longvideobench/LongVideoBench-Meta``: ``video_id, id, video_path, subtitle_path, question,
 option0..option4, question_category, topic_category`` (strings), ``correct_choice``,

@@ -22,10 +22,12 @@ lmms-eval copy (HF dataset ``sy1998/MLVU_dev``, split ``test``, named in lmms-ev
 ``lmms_eval/tasks/mlvu/mlvu_dev.yaml``): parquet columns ``video_name`` (string), ``duration``
 (float64), ``question``, ``candidates`` (list of strings), ``answer``, ``task_type``,
 ``question_id`` (strings) -- column types from the dataset card of a one-task subset of it
-(``topyun/MLVU_dev_plotQA``, 539 rows, as many as the release's ``1_plotQA.json``). ``question``
-embeds the options as ``(A) ...`` lines after the question and ``answer`` is the letter (lmms-eval
-``lmms_eval/tasks/mlvu/utils.py`` appends ``Best option: (`` to ``question`` and compares the
-extracted letter with ``answer``). Its ``task_type`` values are lmms-eval's names, not the release's:
+(``topyun/MLVU_dev_plotQA``, 539 rows, as many as the release's ``1_plotQA.json``); row values from
+the HF dataset viewers of that subset and of a full copy (``Ahmed-Nasri/tivtv-frames-mlvu-dev-640f``):
+``video_name`` is the bare file name (``needle_32.mp4``), ``question`` is the question followed by
+one ``(A) text`` line per option and a final newline, ``candidates`` the option texts, ``answer``
+the letter, ``question_id`` ``Q<n>``. lmms-eval ``lmms_eval/tasks/mlvu/utils.py`` appends
+``Best option: (`` to ``question`` and compares the extracted letter with ``answer``. Its ``task_type`` values are lmms-eval's names, not the release's:
 ``anomaly_reco count ego needle order plotQA topic_reasoning`` (the ``TASK_TYPES`` of
 ``mlvu_aggregate_results_dev`` in that utils.py); the copy lmms-eval read before March 2025
 (``sy1998/temp``) used the paper's codes ``TR AR NQA ER PQA AO AC`` (``TASK_TYPES`` in the same
