@@ -113,7 +113,7 @@ def test_mlvu_lmms_eval_parquet(tmp_path: Path) -> None:
         ({"video_name": "a.mp4", "duration": 120.0, "question": q("Car colour?", o4), "candidates": o4,
           "answer": "B", "task_type": "plotQA", "question_id": "q1"}, None),
         ({"video_name": "b.mp4", "duration": 60.0, "question": q("Needle?", o4), "candidates": o4,
-          "answer": "(D)", "task_type": "findNeedle", "question_id": "q2"}, None),
+          "answer": "(D)", "task_type": "needle", "question_id": "q2"}, None),  # lmms-eval's task name
         ({"video_name": "c.mp4", "duration": 60.0, "question": q("Out of range?", o4), "candidates": o4,
           "answer": "E", "task_type": "plotQA", "question_id": "q3"}, "answer_not_in_candidates"),
         ({"video_name": "c.mp4", "duration": 60.0, "question": q("Dup?", ["x", "x", "y"]),
@@ -132,6 +132,7 @@ def test_mlvu_lmms_eval_parquet(tmp_path: Path) -> None:
     s = {x.sample_id: x for x in read.samples}
     assert s["mlvu/q1"].question == "Car colour?" and s["mlvu/q1"].options == o4 and s["mlvu/q1"].answer == "B"
     assert s["mlvu/q2"].answer == "D" and s["mlvu/q2"].metadata["task_type"] == "findNeedle"
+    assert s["mlvu/q2"].metadata["task_type_raw"] == "needle" and "task_type_raw" not in s["mlvu/q1"].metadata
     assert s["mlvu/q1"].video == str(vids / "1_plotQA" / "a.mp4") and s["mlvu/q2"].metadata["video_missing"]
 
 

@@ -1,11 +1,17 @@
 """Charades-STA temporal grounding: the release's text lines and lmms-eval's parquet.
 
 Release (github.com/jiyanggao/TALL, ``charades_sta_test.txt``): lines ``VIDEOID START END##sentence``
-(seconds, one decimal); video lengths come from the Charades release's ``Charades_v1_test.csv``
-(columns ``id`` and ``length``, seconds); videos ``Charades_v1_480/<VIDEOID>.mp4``.
+(seconds, one decimal; the form every public loader of this file splits on, e.g. on ``"##"`` then
+whitespace); video lengths come from the Charades release's ``Charades_v1_test.csv`` (columns ``id``
+and ``length`` in seconds, among ``subject, scene, quality, relevance, verified, script, objects,
+descriptions, actions``; the HF ``HuggingFaceM4/charades`` loader reads the same csv); videos
+``Charades_v1_480/<VIDEOID>.mp4``.
 
-lmms-eval copy (HF dataset ``lmms-lab/charades_sta``): parquet rows ``video`` (file name with
-extension), ``caption``, ``timestamp`` ([start, end] stored as float16, so 24.3 arrives as 24.296875).
+lmms-eval copy (HF dataset ``lmms-lab/charades_sta``, now ``lmms-eval/charades_sta``, split
+``test``, named in lmms-eval ``lmms_eval/tasks/charades_sta/charades.yaml``): per its dataset card,
+3720 rows of ``video`` (string, file name with extension), ``caption`` (string) and ``timestamp``
+(``sequence: float16`` [start, end], so 24.3 arrives as 24.296875); lmms-eval's ``utils.py`` opens
+``<cache>/Charades_v1_480/<video>``.
 """
 
 from __future__ import annotations

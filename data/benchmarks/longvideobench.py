@@ -1,11 +1,22 @@
 """LongVideoBench (validation set, without subtitles): ``lvb_val.json`` and its parquet.
 
-Both come with HF dataset ``longvideobench/LongVideoBench``. ``lvb_val.json`` is a list of rows
-with ``id``, ``video_id``, ``question``, ``candidates`` (4 or 5 option texts, no letters),
-``correct_choice`` (0-based int), ``duration_group`` (15 / 60 / 600 / 3600), ``question_category``,
-``video_path`` (file name under ``videos/``) and ``duration`` (seconds). The parquet that lmms-eval
-reads (``validation-*.parquet``) has the same fields with ``option0`` .. ``option4`` instead of
-``candidates``, a missing fifth option given as the string ``"N/A"``.
+Both come with HF dataset ``longvideobench/LongVideoBench``. ``lvb_val.json`` is a list of rows;
+the authors' loader (github.com/longvideobench/LongVideoBench ``longvideobench/longvideobench_dataset.py``)
+reads ``id``, ``question``, ``candidates`` (4 or 5 option texts, no letters, lettered ``A.``..``E.``
+in order), ``correct_choice`` (0-based int; absent in the test file), ``video_path`` (file name under
+``videos/``), ``subtitle_path``, ``duration`` (seconds) and ``starting_timestamp_for_subtitles``;
+the full row (a copy of the file in github.com/lwpyh/answer-entropy-zoom) is ``video_id`` (YouTube
+id; VideoMind's loader notes some are prefixed ``@``), ``question``, ``question_wo_referring_query``,
+``candidates``, ``correct_choice``, ``position`` (frame indices), ``topic_category``,
+``question_category``, ``level``, ``id`` (``<video_id>_<n>``), ``video_path``, ``subtitle_path``,
+``duration_group`` (15 / 60 / 600 / 3600), ``starting_timestamp_for_subtitles`` (int 0 there),
+``duration``, ``view_count``, ``type``. The parquet that lmms-eval reads (``validation-*.parquet``,
+``lmms_eval/tasks/longvideobench/longvideobench_val_v.yaml``) has, per the card of
+``longvideobench/LongVideoBench-Meta``: ``video_id, id, video_path, subtitle_path, question,
+option0..option4, question_category, topic_category`` (strings), ``correct_choice``,
+``duration_group`` (int64), ``duration``, ``starting_timestamp_for_subtitles`` (float64); lmms-eval's
+``utils.py`` drops options equal to the string ``"N/A"`` (a missing fifth option), letters the rest
+``A.``.., and opens ``<cache>/videos/<video_path>``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,27 @@
 """LVBench: the release's ``video_info.meta.jsonl`` and lmms-eval's flat parquet.
 
-Release (HF dataset ``THUDM/LVBench``, github.com/THUDM/LVBench): one line per video with
-``key`` (YouTube id, video ``<key>.mp4``), ``type``, ``video_info`` and ``qa``, a list of
-``{uid, question, answer, question_type, time_reference}``; ``uid`` is a string or an int,
-``question`` embeds four options as ``\\n(A) ...`` lines, ``answer`` is a letter,
-``question_type`` a list of strings, ``time_reference`` ``"MM:SS-MM:SS"`` (minutes go past 99) or null.
+Release (HF dataset ``THUDM/LVBench``, now ``zai-org/LVBench``; code github.com/THUDM/LVBench): one
+line per video with ``key`` (YouTube id), ``type`` (video category), ``video_info`` and ``qa``, a
+list of ``{uid, question, answer, question_type, time_reference}``. Sources: the authors' scorer
+(THUDM/LVBench ``lvbench/metrics/compute_accuracy.py``: ``qa["uid"]`` compared as ``str(uid)``,
+``qa["answer"]`` a letter compared with the model's, a question counted once in each of its
+``qa["question_type"]`` list entries), ``scripts/test_acc.py`` (the six types ``key information
+retrieval``, ``event understanding``, ``summarization``, ``entity recognition``, ``reasoning``,
+``temporal grounding``), ``scripts/save_video_txt.py`` (videos are ``youtube.com/watch?v=<key>``)
+and ``lvbench/utils/video_utils.py``, which builds ``video_info`` as ``{duration_minutes, fps,
+resolution: {width, height}}``. The four options are ``\n(A) ...`` lines inside ``question``;
+``time_reference`` is ``"MM:SS-MM:SS"`` (minutes go past 99) or null / ``"None"``. Videos: the
+authors' script downloads with video2dataset (files named by sample index, not key -- not handled
+here); the shared copies name them ``<key>.mp4``, flat or under ``all_videos/`` (the HF copies'
+zip layout as third-party loaders read it), both tried.
 
-lmms-eval copy (HF dataset named in lmms-eval's ``lvbench.yaml``): one row per question with the
-same question fields plus ``video_path`` (relative to the video root).
+lmms-eval copy (HF dataset ``lmms-lab/LVBench``, now ``lmms-eval/LVBench``, split ``train``, named
+in lmms-eval ``lmms_eval/tasks/lvbench/lvbench.yaml``): one row per question. lmms-eval's
+``utils.py`` reads only ``video_path`` (relative to the dataset folder), ``question``, ``answer``
+and, when present, ``options`` (a list appended to the question as ``(A) ...`` lines; older
+lmms-eval versions used ``question`` as it is, with the options embedded). Other columns follow a
+flattened release row (``uid``, ``question_type`` list, ``time_reference``, ``video_info`` struct,
+as in the flattened copy ``jinghan23/test1``); they are read when present, not required.
 """
 
 from __future__ import annotations
@@ -76,6 +90,7 @@ def _question(qa: dict[str, Any], video: tuple[str, bool], duration: float | Non
 
 
 def _release_duration(row: dict[str, Any]) -> float | None:
+    """Seconds from ``video_info.duration_minutes`` (the release's field), else ``video_info.duration``."""
     info = row.get("video_info")
     if not isinstance(info, dict):
         return None
@@ -90,8 +105,10 @@ def read(path: str | Path, video_root: str | Path | None = None, *, strict: bool
     each), ``time_reference`` (str or None; ``"None"`` is read as None), ``time_reference_s``
     ([start, end] seconds when it parses), ``video_type``. Excluded rows: ``no_candidates``,
     ``answer_not_in_candidates``, ``no_answer``, ``duplicate_candidates``, ``empty_candidate``,
-    ``too_few_candidates``, ``missing_field``, ``bad_field``. Videos: release
-    ``video_root/<key>.<ext>``, lmms-eval ``video_root/<video_path>``. Raises AnnotationError for an
+    ``too_few_candidates``, ``missing_field``, ``bad_field``. ``duration``: seconds from
+    ``video_info.duration_minutes`` (lmms-eval rows: a ``duration`` column first). Videos: release
+    ``video_root/<key>.<ext>`` or ``video_root/all_videos/<key>.<ext>``, lmms-eval
+    ``video_root/<video_path>``. Raises AnnotationError for an
     unreadable file or rows of neither layout.
     """
     path = Path(path)
@@ -113,7 +130,8 @@ def read(path: str | Path, video_root: str | Path | None = None, *, strict: bool
             sid = f"lvbench/{row['uid']}" if row.get("uid") not in (None, "") else f"lvbench/{f.stem}/{i}"
             try:
                 video = videos.resolve(need(row, "video_path"))
-                sample = _question(row, video, number_or_none(row.get("duration")))
+                duration = number_or_none(row.get("duration"))
+                sample = _question(row, video, duration if duration is not None else _release_duration(row))
             except RowSkip as skip:
                 coll.exclude(f, sid, skip)
                 continue
@@ -132,7 +150,7 @@ def _release_line(f: Path, i: int, row: dict[str, Any], videos: VideoResolver, c
     if not isinstance(key, str) or not key or not isinstance(qas, list):
         coll.exclude(f, f"lvbench/line{i + 1}", RowSkip("bad_field", "line needs a string 'key' and a 'qa' list"))
         return
-    video, duration = videos.resolve(f"{key}.mp4"), _release_duration(row)
+    video, duration = videos.resolve(f"{key}.mp4", f"all_videos/{key}.mp4"), _release_duration(row)
     for j, qa in enumerate(qas):
         uid = qa.get("uid") if isinstance(qa, dict) else None
         sid = f"lvbench/{uid}" if uid not in (None, "") else f"lvbench/{key}/{j}"

@@ -1,14 +1,38 @@
 """MLVU dev multiple-choice questions: the release's per-task json files and the lmms-eval parquet.
 
-Release (github.com/JUNJIE99/MLVU, ``MLVU/json/<n>_<task>.json``): one json list per task with
-``video`` (file name), ``duration`` (seconds), ``question``, ``candidates`` (option texts),
-``answer`` (the correct option's *text*) and ``question_type``; the open-ended tasks (sub-scene
-captioning, summarisation) sit in the same folder without ``candidates``. Videos live in per-task
-folders ``MLVU/video/<n>_<task>/`` or flat.
+Release (annotations in github.com/JUNJIE99/MLVU ``data/<n>_<task>.json``, shipped as
+``MLVU/json/`` in HF dataset ``MLVU/MVLU``): one json list per task file ``1_plotQA 2_needle 3_ego
+4_count 5_order 6_anomaly_reco 7_topic_reasoning`` (multiple choice) and ``8_sub_scene 9_summary``
+(open-ended, in the same folder). Multiple-choice rows have exactly ``video`` (file name),
+``duration`` (int or float seconds), ``question``, ``candidates`` (option texts), ``answer`` (the
+correct option's *text*) and ``question_type``; the open-ended rows have no ``candidates``
+(``8_sub_scene`` adds ``scoring_points``). ``question_type`` per file: ``plotQA findNeedle ego count
+order anomaly_reco topic_reasoning subPlot summary``. Faults in the release files: answers that match
+no candidate (2 rows of ``2_needle``), duplicate candidates and empty candidates (``1_plotQA``,
+``6_anomaly_reco``, ``7_topic_reasoning``, ``3_ego``) and one row with an empty question; this
+reader keeps 2155 of the 2174 multiple-choice rows (19 excluded), while the authors' scorer keeps
+all of them (a duplicated answer text takes the last matching letter, an answer matching no
+candidate gets letter ``@`` and can never be right). Source: the json files of JUNJIE99/MLVU.
+Videos: the authors' scorer (JUNJIE99/MLVU ``evaluation/multiple_choice_evaluation/choice_bench.py``)
+reads ``video/<task>/<video>`` with ``<task>`` the file's task name without its number (``needle``,
+``plotQA``, ...); copies of the HF release use ``video/<n>_<task>/`` (the path kept for a missing
+video); both are tried, then flat, then one folder level down.
 
-lmms-eval copy (HF dataset ``sy1998/MLVU_dev``): parquet rows ``video_name, duration, question,
-candidates, answer, task_type, question_id`` where ``question`` already embeds the options as
-``(A) ...`` lines and ``answer`` is a letter.
+lmms-eval copy (HF dataset ``sy1998/MLVU_dev``, split ``test``, named in lmms-eval
+``lmms_eval/tasks/mlvu/mlvu_dev.yaml``): parquet columns ``video_name`` (string), ``duration``
+(float64), ``question``, ``candidates`` (list of strings), ``answer``, ``task_type``,
+``question_id`` (strings) -- column types from the dataset card of a one-task subset of it
+(``topyun/MLVU_dev_plotQA``, 539 rows, as many as the release's ``1_plotQA.json``); row values from
+the HF dataset viewers of that subset and of a full copy (``Ahmed-Nasri/tivtv-frames-mlvu-dev-640f``):
+``video_name`` is the bare file name (``needle_32.mp4``), ``question`` is the question followed by
+one ``(A) text`` line per option and a final newline, ``candidates`` the option texts, ``answer``
+the letter, ``question_id`` ``Q<n>``. lmms-eval ``lmms_eval/tasks/mlvu/utils.py`` appends
+``Best option: (`` to ``question`` and compares the extracted letter with ``answer``. Its ``task_type`` values are lmms-eval's names, not the release's:
+``anomaly_reco count ego needle order plotQA topic_reasoning`` (the ``TASK_TYPES`` of
+``mlvu_aggregate_results_dev`` in that utils.py); the copy lmms-eval read before March 2025
+(``sy1998/temp``) used the paper's codes ``TR AR NQA ER PQA AO AC`` (``TASK_TYPES`` in the same
+file at lmms-eval commit 13d139ac). `canonical_task_type` maps all of these to the release's
+``question_type`` names so both layouts aggregate under the same keys.
 """
 
 from __future__ import annotations
@@ -35,6 +59,21 @@ from data.benchmarks.common import (
     table_files,
 )
 
+# lmms-eval's task names and the paper's task codes -> the release's ``question_type`` (see module doc).
+# Codes: MLVU paper / README table (TR topic reasoning, AR anomaly recognition, NQA needle QA, ER ego
+# reasoning, PQA plot QA, AO action order, AC action count, SSC sub-scene captioning, VS video summary).
+TASK_TYPE_ALIASES: dict[str, str] = {
+    "needle": "findNeedle", "sub_scene": "subPlot",
+    "TR": "topic_reasoning", "AR": "anomaly_reco", "NQA": "findNeedle", "ER": "ego", "PQA": "plotQA",
+    "AO": "order", "AC": "count", "SSC": "subPlot", "VS": "summary",
+}
+
+
+def canonical_task_type(name: str) -> str:
+    """The release's ``question_type`` for an MLVU task name (lmms-eval name, paper code or task-file
+    name without its number); names it does not know are returned unchanged."""
+    return TASK_TYPE_ALIASES.get(name.strip(), name.strip())
+
 
 def _layout_of(rows: list[dict[str, Any]]) -> str:
     keys = set().union(*(r.keys() for r in rows[:50]))
@@ -48,7 +87,9 @@ def _layout_of(rows: list[dict[str, Any]]) -> str:
 def _release_row(row: dict[str, Any], stem: str, videos: VideoResolver) -> EvalSample:
     video = need(row, "video")
     question = need(row, "question")
-    qtype = row.get("question_type") if isinstance(row.get("question_type"), str) else stem.split("_", 1)[-1]
+    head, _, rest = stem.partition("_")
+    task_dir = rest if head.isdigit() and rest else stem  # "2_needle" -> "needle", the scorer's video folder
+    qtype = row.get("question_type") if isinstance(row.get("question_type"), str) else canonical_task_type(task_dir)
     cands = row.get("candidates")
     if cands is None:
         raise RowSkip("no_candidates_open_ended", f"no 'candidates' (open-ended '{qtype}' question)")
@@ -64,14 +105,15 @@ def _release_row(row: dict[str, Any], stem: str, videos: VideoResolver) -> EvalS
         answer=LETTERS[idx], duration=number_or_none(row.get("duration")),
         metadata={"task_type": qtype, "task_file": stem},
     )
-    return set_video(sample, videos.resolve(Path(stem) / video, video, deep=True))
+    return set_video(sample, videos.resolve(Path(stem) / video, Path(task_dir) / video, video, deep=True))
 
 
 def _lmms_row(row: dict[str, Any], videos: VideoResolver) -> EvalSample:
     video = need(row, "video_name")
     question, embedded = split_embedded_options(need(row, "question"))
     cands = row.get("candidates")
-    qtype = row.get("task_type") if isinstance(row.get("task_type"), str) else ""
+    raw_type = row.get("task_type") if isinstance(row.get("task_type"), str) else ""
+    qtype = canonical_task_type(raw_type)
     raw = list(cands) if isinstance(cands, (list, tuple)) and len(cands) else embedded
     if not raw:
         raise RowSkip("no_candidates_open_ended", f"no candidates in 'candidates' or the question ('{qtype}')")
@@ -87,6 +129,8 @@ def _lmms_row(row: dict[str, Any], videos: VideoResolver) -> EvalSample:
         sample_id="", video="", task="mcq", question=question, source="mlvu", options=options, answer=letter,
         duration=number_or_none(row.get("duration")), metadata={"task_type": qtype},
     )
+    if raw_type != qtype:
+        sample.metadata["task_type_raw"] = raw_type
     return set_video(sample, videos.resolve(video, deep=True))
 
 
@@ -94,11 +138,14 @@ def read(path: str | Path, video_root: str | Path | None = None, *, strict: bool
     """Read MLVU dev from a task json, a folder of task jsons (all of them, open-ended ones included) or parquet.
 
     Sample ids: release ``mlvu/<task file stem>/<row>``, lmms-eval ``mlvu/<question_id>``.
+    ``metadata["task_type"]`` is the release's ``question_type`` in both layouts (lmms-eval's own
+    value kept in ``metadata["task_type_raw"]`` when it differs, e.g. ``needle`` -> ``findNeedle``).
     Excluded rows: ``no_candidates_open_ended``, ``answer_not_in_candidates`` (the needle file
     has answers that match none of their candidates; an answer is matched exactly, then stripped
     and case-folded if that is unique), ``duplicate_candidates``, ``empty_candidate``,
     ``too_few_candidates``, ``too_many_candidates``, ``no_answer``, ``missing_field``, ``bad_field``.
-    Videos: ``video_root/<task stem>/<video>``, ``video_root/<video>``, then one folder level down.
+    Videos: ``video_root/<task stem>/<video>`` (``2_needle``), ``video_root/<task>/<video>``
+    (``needle``), ``video_root/<video>``, then one folder level down.
     Raises AnnotationError for an unreadable file or a folder mixing the two layouts.
     """
     path = Path(path)

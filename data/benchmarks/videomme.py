@@ -1,11 +1,15 @@
 """Video-MME (without subtitles): the parquet of HF dataset ``lmms-lab/Video-MME`` (``videomme/test-*.parquet``).
 
-This one file is both the release and what lmms-eval reads. Columns (all strings except
-``options``): ``video_id, duration, domain, sub_category, url, videoID, question_id, task_type,
-question, options, answer`` (newer copies add ``language``); ``options`` is a list of strings already
-prefixed ``"A. "``, ``answer`` a letter, ``duration`` the category ``short|medium|long``; the video
-file is ``<videoID>.mp4`` (YouTube ids may start with ``-``). Json-list / jsonl dumps of the same
-rows are read too.
+This one file is both the release and what lmms-eval reads. Columns, from the dataset card
+(``lmms-lab/Video-MME`` ``README.md`` ``dataset_info``, 2700 rows): ``video_id, duration, domain,
+sub_category, url, videoID, question_id, task_type, question, answer`` (``string``) and ``options``
+(``sequence: string``); an earlier upload (card at commit 0f3759b, 2541 rows) also had ``language``.
+How lmms-eval uses them (``lmms_eval/tasks/videomme/utils.py``): ``options`` are printed one per
+line as they are, i.e. already prefixed ``"A. "``; ``answer`` is compared with the extracted letter;
+``duration`` is the category ``short|medium|long`` (``videomme_process_docs_base`` filters on it);
+``domain``, ``sub_category``, ``task_type`` are the aggregation keys; the video is
+``<cache>/data/<videoID>.mp4`` (then ``.MP4``, ``.mkv``); YouTube ids may start with ``-``.
+Json-list / jsonl dumps of the same rows are read too.
 """
 
 from __future__ import annotations
