@@ -105,3 +105,17 @@ def test_rendered_prompts() -> None:
     assert render(prompt_spec("records", "official", "T {question}"), _sample()) == "T What colour is the car?"
     with pytest.raises(ValueError, match="defined only for"):
         prompt_spec("synth", "lmms-eval", "x")
+
+
+def test_cli_bad_config_exits_2_naming_the_field() -> None:
+    """`python -m evaluation` (`python -m train.evaluate` forwards to the same main, run by test_evaluate)."""
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    proc = subprocess.run([sys.executable, "-m", "evaluation", "ckpt=c", "data=d", "setting.protocol=lmms-eval"],
+                          cwd=EVAL_CONF.parents[1], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: setting.protocol: lmms-eval is defined only for") and "Traceback" not in proc.stderr

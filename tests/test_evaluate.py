@@ -165,6 +165,8 @@ def test_end_to_end_mcq(eval_data: dict[str, Path], tmp_path: Path, prefill: str
     assert m["inference"]["pair_density"] == pytest.approx(sum(density) / len(density))
     s = metrics["settings"]
     assert (s["prefill"], s["decode"], s["setting"]["frames_upbound"], s["bench"]["task"]) == (prefill, decode, 32, "mcq")
+    assert metrics["protocol"]["name"] == "official" and metrics["protocol"]["extraction"] == "project.parse_choice"
+    assert metrics["excluded"] == [] and metrics["denominators"]["scored"] == len(mcq_ids)
     assert s["setting"]["inference"]["chunk_groups"] == 1 and "Answer with" in s["bench"]["template"]
     if prefill == "chunked":  # >= 5 groups in 1-group chunks seeing 1 previous chunk; top-1 + first + last dense
         assert all(d < 1.0 for d in density)
