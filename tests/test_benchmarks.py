@@ -39,18 +39,20 @@ def test_mlvu(tmp_path: Path) -> None:
     samples = read_mlvu(ann, tmp_path / "video")
     assert [s.answer for s in samples] == ["C", "A"]
     assert samples[0].video == str(tmp_path / "video" / "1_plotQA" / "movie_1.mp4")
-    assert samples[1].video == str(tmp_path / "video" / "movie_2.mp4")  # fallback: no per-task folder
+    # missing video: the release's per-task path is kept and flagged
+    assert samples[1].video == str(tmp_path / "video" / "1_plotQA" / "movie_2.mp4")
+    assert samples[1].metadata["video_missing"] and "video_missing" not in samples[0].metadata
     assert samples[0].duration == 246.5 and samples[1].letters == "ABC"
     prompt = format_prompt(samples[0], DEFAULT_MCQ_TEMPLATE, DEFAULT_GROUNDING_TEMPLATE)
     assert "What colour is the car?\nA. Yellow\nB. Red\nC. Green\nD. Blue\n" in prompt
 
     rows[1]["answer"] = "a dog"
     (ann / "1_plotQA.json").write_text(json.dumps(rows))
-    with pytest.raises(AnnotationError, match=r"1_plotQA\.json: row 1: field 'answer'"):
+    with pytest.raises(AnnotationError, match=r"1_plotQA\.json: mlvu/1_plotQA/1: answer_not_in_candidates"):
         read_mlvu(ann, tmp_path)
     del rows[0]["candidates"]
     (ann / "1_plotQA.json").write_text(json.dumps(rows))
-    with pytest.raises(AnnotationError, match=r"row 0: field 'candidates': missing"):
+    with pytest.raises(AnnotationError, match=r"mlvu/1_plotQA/0: no_candidates_open_ended"):
         read_mlvu(ann / "1_plotQA.json", tmp_path)
 
 
@@ -84,7 +86,7 @@ def test_videomme(tmp_path: Path, suffix: str) -> None:
     assert [s.answer for s in samples] == ["C", "B"]
     assert samples[0].options == ["1.", "2.", "3.", "4."]
     assert samples[0].video == "/videos/fFjv93ACGo8.mp4"
-    assert samples[1].metadata["duration"] == "long" and samples[1].sample_id == "videomme/002-3"
+    assert samples[1].metadata["duration_category"] == "long" and samples[1].sample_id == "videomme/002-3"
 
 
 def test_videomme_errors(tmp_path: Path) -> None:
@@ -92,12 +94,12 @@ def test_videomme_errors(tmp_path: Path) -> None:
     rows[1]["answer"] = "E"
     path = tmp_path / "vm.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(AnnotationError, match=r"vm\.jsonl: line 2: field 'answer'"):
+    with pytest.raises(AnnotationError, match=r"vm\.jsonl: videomme/002-3: answer_not_in_candidates"):
         read_videomme(path, tmp_path)
     rows = _videomme_rows()
     rows[0]["options"] = ["1", "2", "3", "4"]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(AnnotationError, match=r"line 1: field 'options'"):
+    with pytest.raises(AnnotationError, match=r"videomme/001-1: bad_option_prefix"):
         read_videomme(path, tmp_path)
 
 
@@ -125,10 +127,10 @@ def test_lvbench(tmp_path: Path) -> None:
 
     line["qa"][1]["question"] = "Who enters the room? a cat or the king"
     path.write_text(json.dumps(line) + "\n")
-    with pytest.raises(AnnotationError, match=r"line 1 qa\[1\]: field 'question'"):
+    with pytest.raises(AnnotationError, match=r"video_info\.meta\.jsonl: lvbench/2: no_candidates"):
         read_lvbench(path, tmp_path)
     path.write_text("{not json\n")
-    with pytest.raises(AnnotationError, match=r"line 1: field '<json>'"):
+    with pytest.raises(AnnotationError, match=r"video_info\.meta\.jsonl: line 1: invalid JSON"):
         read_lvbench(path, tmp_path)
 
 
@@ -144,10 +146,10 @@ def test_charades(tmp_path: Path) -> None:
     assert samples[1].duration == 20.5 and samples[0].video == "/v/3MSZA.mp4"
     assert '"person turn a light on"' in format_prompt(samples[0], DEFAULT_MCQ_TEMPLATE, DEFAULT_GROUNDING_TEMPLATE)
     path.write_text("3MSZA 24.3 30.4##ok\n3MSZA 24.3 x##bad\n")
-    with pytest.raises(AnnotationError, match=r"charades_sta_test\.txt: line 2: field 'start/end'"):
+    with pytest.raises(AnnotationError, match=r"charades_sta_test\.txt: charades/3MSZA/2: malformed_line"):
         read_charades_sta(path, "/v")
     path.write_text("3MSZA 24.3 30.4 person\n")
-    with pytest.raises(AnnotationError, match=r"line 1: field 'sentence'"):
+    with pytest.raises(AnnotationError, match=r"charades/3MSZA/1: malformed_line"):
         read_charades_sta(path, "/v")
 
 
