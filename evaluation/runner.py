@@ -171,6 +171,7 @@ def _base_record(sample: EvalSample, prompt: str, text: str, token_ids: list[int
     """The prediction record of one sample, scored from `text` with `extractor` (default: official)."""
     record: dict[str, Any] = {
         "id": sample.sample_id, "source": sample.source, "task": sample.task, "video": sample.video,
+        "question": sample.question,
         "prompt": prompt, "prediction": text, "token_ids": token_ids, "answer": sample.answer,
         "span": list(sample.span) if sample.span else None, "letters": sample.letters, **info,
         "stats": stats, "metadata": sample.metadata,
