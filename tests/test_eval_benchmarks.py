@@ -270,7 +270,8 @@ CASES = [  # (builder, protocol, prefill/decode): each format under both protoco
 
 
 def _evaluate(tiny: dict[str, Any], planted: Planted, out: Path, protocol: str, mode: str,
-              *extra: str) -> dict[str, Any] | None:
+              *extra: str, cli: bool = False) -> dict[str, Any] | None:
+    """Evaluate in this process (composed Hydra config) or, with `cli`, as `python -m train.evaluate`."""
     bench = "grounding" if planted.fmt == "charades" else "mcq"
     overrides = [f"ckpt={tiny['ckpt']}", f"bench={bench}", f"format={planted.fmt}", f"setting={planted.fmt}",
                  f"setting.protocol={protocol}", f"data={planted.data}", f"video_root={planted.video_root}",
@@ -278,6 +279,16 @@ def _evaluate(tiny: dict[str, Any], planted: Planted, out: Path, protocol: str, 
                  f"prefill={mode}", f"decode={'bilevel' if mode == 'chunked' else 'full'}",
                  "setting.inference.chunk_groups=1", "setting.inference.prev_chunks=0",
                  "setting.inference.top_k=1", "setting.inference.kv_pool=2", *planted.extra, *extra]
+    if cli:
+        import subprocess
+        import sys
+
+        from helpers import subprocess_env
+
+        proc = subprocess.run([sys.executable, "-m", "train.evaluate", *overrides], cwd=REPO, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(out.read_text())
     with initialize_config_dir(config_dir=str(REPO / "conf" / "eval"), version_base="1.3"):
         return run(compose("evaluate", overrides=overrides))
 
@@ -286,7 +297,9 @@ def _evaluate(tiny: dict[str, Any], planted: Planted, out: Path, protocol: str, 
                          ids=[f"{b.__name__}-{p}-{m}" for b, p, m in CASES])
 def test_benchmark_end_to_end(tiny: dict[str, Any], tmp_path: Path, build: Any, protocol: str, mode: str) -> None:
     planted = build(tmp_path, tiny["clip"])
-    metrics = _evaluate(tiny, planted, tmp_path / "out.json", protocol, mode)
+    # one format goes through the command line (`python -m train.evaluate`), the others in-process
+    cli = build is longvideobench_release
+    metrics = _evaluate(tiny, planted, tmp_path / "out.json", protocol, mode, cli=cli)
     assert metrics == json.loads((tmp_path / "out.json").read_text())
     preds = [json.loads(x) for x in Path(metrics["predictions"]).read_text().splitlines()]
     fmt, grounding = planted.fmt, planted.fmt == "charades"
@@ -398,3 +411,27 @@ def test_scores_of_scripted_outputs(tiny: dict[str, Any], tmp_path: Path, monkey
             assert {k: v["score"] for k, v in m[key].items()} == pytest.approx(want)
         else:
             assert m[key] == pytest.approx(want)
+
+
+def test_system_prompt_and_answer_prefix_reach_the_model_input(tiny: dict[str, Any]) -> None:
+    """MLVU official: the authors' system prompt, and the answer forced to start with "Best Option: (";
+    the prefix tokens are question tokens after the assistant header, outside every visual group."""
+    from data.benchmarks import EvalSample
+    from evaluation.config import SettingConfig
+    from evaluation.prompts import prompt_spec, render
+    from evaluation.runner import build_inputs
+    from model import VideoXL2ForCausalLM, load_tokenizer
+
+    tok = load_tokenizer(str(tiny["ckpt"]))
+    model_cfg = VideoXL2ForCausalLM.config_class.from_pretrained(str(tiny["ckpt"]))
+    sample = EvalSample("s", str(tiny["clip"]), "mcq", "What colour is the car?", "mlvu", options=COLOURS, answer="C")
+    spec = prompt_spec("mlvu", "official", "unused")
+    video = (np.zeros((8, 32, 32, 3), dtype=np.uint8), [0.0, 2.0], 4.0)
+    ids, pixels, layout, info = build_inputs(sample, render(spec, sample), tok, model_cfg,
+                                             SettingConfig("mlvu", 8), video, spec)
+    text = tok.decode(ids[0].tolist())
+    assert text.endswith("<|im_start|>assistant\nBest Option: (")
+    assert "<|im_start|>system\nCarefully watch this video and pay attention to every detail." in text
+    assert info["prompt_tokens"] == ids.shape[1] and pixels.shape[0] == 8
+    plain, _, _, _ = build_inputs(sample, render(spec, sample), tok, model_cfg, SettingConfig("mlvu", 8), video)
+    assert tok.decode(plain[0].tolist()).endswith("<|im_start|>assistant\n")

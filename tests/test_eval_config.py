@@ -107,15 +107,14 @@ def test_rendered_prompts() -> None:
         prompt_spec("synth", "lmms-eval", "x")
 
 
-def test_cli_bad_config_exits_2_naming_the_field() -> None:
-    """`python -m evaluation` (`python -m train.evaluate` forwards to the same main, run by test_evaluate)."""
-    import subprocess
-    import sys
+def test_cli_bad_config_exits_2_naming_the_field(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The entry point's main (run in-process; `python -m evaluation` and `python -m train.evaluate` call it)."""
+    from evaluation.runner import main
 
-    from helpers import subprocess_env
-
-    proc = subprocess.run([sys.executable, "-m", "evaluation", "ckpt=c", "data=d", "setting.protocol=lmms-eval"],
-                          cwd=EVAL_CONF.parents[1], env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: setting.protocol: lmms-eval is defined only for") and "Traceback" not in proc.stderr
+    monkeypatch.setattr("sys.argv", ["evaluation", "ckpt=c", "data=d", "setting.protocol=lmms-eval"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: setting.protocol: lmms-eval is defined only for") and "Traceback" not in err
