@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.benchmarks import AnnotationError, EvalSample, read_records, read_synth_shards
+from data.benchmarks import AnnotationError, EvalSample, Exclusion, read_benchmark
 from data.sampling import DECORD_ERRORS, sample_video_frames
 from evaluation.answers import Extractor, extractor_for
 from evaluation.config import EvalConfig, parse_eval_config
@@ -60,32 +60,27 @@ class LoadedSamples:
     samples of the task were read before `limit`."""
 
     samples: list[EvalSample]
-    excluded: list[Any] = field(default_factory=list)
+    excluded: list[Exclusion] = field(default_factory=list)
     read: int = 0
 
 
 def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
     """Samples of `cfg.format` at `cfg.data`, filtered to the bench's task, first `cfg.limit` kept.
 
-    Benchmark formats go through `data.benchmarks.read_benchmark` (``strict`` turns any excluded row,
-    and any missing video, into an AnnotationError). Raises ValueError when no sample is left.
+    Every format is read by `data.benchmarks.read_benchmark` (``strict`` turns any excluded row, and any
+    missing video, into an AnnotationError). Raises ValueError when no sample is left.
     """
     fmt = cfg.format
-    excluded: list[Any] = []
-    if fmt == "synth":
-        samples = read_synth_shards(cfg.data, work_dir / "videos", split=cfg.split)
-    elif fmt == "records":
-        samples = read_records(cfg.data, cfg.video_root)
+    if fmt == "synth":  # shard videos are extracted under work_dir
+        read = read_benchmark(fmt, cfg.data, work_dir / "videos", strict=cfg.strict, split=cfg.split)
     else:
-        from data.benchmarks import read_benchmark
-
         opts = {"durations": cfg.durations} if cfg.durations else {}
         read = read_benchmark(fmt, cfg.data, cfg.video_root, strict=cfg.strict, **opts)
-        samples, excluded = list(read.samples), list(read.excluded)
-        missing = [s.sample_id for s in samples if s.metadata.get("video_missing")]
-        if cfg.strict and missing:
-            raise AnnotationError(cfg.data, f"sample {missing[0]}", "video",
-                                  f"no video under {cfg.video_root} ({len(missing)} missing; strict=true)")
+    samples, excluded = list(read.samples), list(read.excluded)
+    missing = [s for s in samples if s.metadata.get("video_missing")]
+    if cfg.strict and missing:
+        raise AnnotationError(cfg.data, f"sample {missing[0].sample_id}", "video",
+                              f"no video at {missing[0].video} ({len(missing)} missing; strict=true)")
     samples = [s for s in samples if s.task == cfg.task]
     n_read = len(samples)
     if cfg.limit is not None:

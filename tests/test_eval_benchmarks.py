@@ -362,7 +362,7 @@ def test_strict_turns_exclusions_and_missing_videos_into_errors(tiny: dict[str, 
     # no exclusion left but a missing video: still an error under strict
     rows = json.loads((planted.data / "2_needle.json").read_text())
     (planted.data / "2_needle.json").write_text(json.dumps(rows[:1]))
-    with pytest.raises(AnnotationError, match="no video under"):
+    with pytest.raises(AnnotationError, match=r"no video at .*needle_5\.mp4 \(1 missing; strict=true\)"):
         _evaluate(tiny, planted, tmp_path / "out.json", "official", "full", "strict=true")
 
 
