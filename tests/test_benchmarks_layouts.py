@@ -352,6 +352,8 @@ def test_charades_lmms_eval_parquet(tmp_path: Path) -> None:
     ("videomme", "x.json", b"[{\"videoID\": "),
     ("longvideobench", "lvb_val.json", b"\x89PNG\r\n"),
     ("lvbench", "video_info.meta.jsonl", b""),
+    ("lvbench", "video_info.meta.jsonl", b'{"key": "k", "qa": []}\n{"key": "\xff\xfe"}\n'),
+    ("mlvu", "1_plotQA.json", b"[]"),
 ])
 def test_unreadable_file_names_it(tmp_path: Path, fmt: str, name: str, data: bytes) -> None:
     path = tmp_path / name

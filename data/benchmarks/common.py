@@ -349,14 +349,15 @@ def table_kind(path: Path) -> str:
     raise AnnotationError(path, None, None, "not a parquet, JSON list or JSON-lines file")
 
 
-def read_table(path: str | Path, exact_json: bool = False) -> list[dict[str, Any]]:
+def read_table(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a parquet / JSON-list / JSON-lines file as dicts, read through `datasets`.
 
     Uses ``datasets.load_dataset("parquet"|"json", data_files=..., split="train")`` into a temporary
-    cache (kept in memory, nothing written under the user's home). `exact_json` reads JSON with the
-    standard library instead: where a field mixes strings and numbers (LVBench's ``uid``) `datasets`
-    stores it as a JSON column and decodes numeric-looking strings back to numbers (``"007"`` -> 7).
-    Raises AnnotationError naming the file when it cannot be read or holds no rows.
+    cache (kept in memory, nothing written under the user's home). A JSON file is re-read with the
+    standard library when `datasets` cannot type it or had to store a column that mixes strings and
+    numbers as a ``Json`` feature: decoding that column turns numeric-looking strings into numbers
+    (LVBench's ``uid`` ``"007"`` would become 7). Raises AnnotationError naming the file when it
+    cannot be read or holds no rows.
     """
     path = Path(path)
     kind = table_kind(path)
@@ -367,10 +368,14 @@ def read_table(path: str | Path, exact_json: bool = False) -> list[dict[str, Any
             pq.read_schema(path)
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for damaged files
             raise AnnotationError(path, None, None, f"unreadable parquet ({str(exc).splitlines()[0][:200]})") from exc
-    if exact_json and kind != "parquet":
-        rows = _read_json_stdlib(path, kind)
+        rows = _read_with_datasets(path, "parquet")
     else:
-        rows = _read_with_datasets(path, "parquet" if kind == "parquet" else "json")
+        try:
+            rows = _read_with_datasets(path, "json")
+        except AnnotationError:
+            rows = None
+        if rows is None:
+            rows = _read_json_stdlib(path, kind)  # raises AnnotationError when the JSON itself is bad
     if not rows:
         raise AnnotationError(path, None, None, "no rows")
     bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
@@ -379,20 +384,33 @@ def read_table(path: str | Path, exact_json: bool = False) -> list[dict[str, Any
     return rows
 
 
-def _read_with_datasets(path: Path, builder: str) -> list[dict[str, Any]]:
+def _has_mixed_column(feature: Any) -> bool:
+    """Whether a `datasets` feature (tree) holds a ``Json`` column, its type for mixed-type values."""
+    if type(feature).__name__ == "Json":
+        return True
+    if isinstance(feature, dict):
+        return any(_has_mixed_column(v) for v in feature.values())
+    inner = getattr(feature, "feature", None)  # List / Sequence / LargeList
+    return inner is not None and _has_mixed_column(inner)
+
+
+def _read_with_datasets(path: Path, builder: str) -> list[dict[str, Any]] | None:
+    """Rows via `datasets`; None for a JSON file with a mixed-type column (see `read_table`)."""
     import datasets
 
     with tempfile.TemporaryDirectory(prefix="bench-read-") as cache:
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
                                        keep_in_memory=True)
+            if builder == "json" and _has_mixed_column(ds.features):
+                return None
+            return ds.to_list()  # decodes strings: invalid UTF-8 surfaces here
         except ValueError as exc:
             if "corresponds to no data" in str(exc):  # an empty JSON list
                 return []
             raise AnnotationError(path, None, None, f"cannot read as {builder}: {_cause(exc)}") from exc
         except Exception as exc:  # DatasetGenerationError / ArrowInvalid wrap the parser's error
             raise AnnotationError(path, None, None, f"cannot read as {builder}: {_cause(exc)}") from exc
-        return ds.to_list()
 
 
 def _cause(exc: BaseException) -> str:
@@ -403,7 +421,10 @@ def _cause(exc: BaseException) -> str:
 
 
 def _read_json_stdlib(path: Path, kind: str) -> list[Any]:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationError(path, None, None, f"cannot read as UTF-8 text ({exc})") from exc
     if kind == "json":
         try:
             data = json.loads(text)

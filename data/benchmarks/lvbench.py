@@ -98,8 +98,7 @@ def read(path: str | Path, video_root: str | Path | None = None, *, strict: bool
     videos = VideoResolver(video_root if video_root is not None else (path if path.is_dir() else path.parent))
     coll: Collector | None = None
     for f in table_files(path):
-        # the release's uid mixes strings and ints, which `datasets` would re-type (see read_table)
-        rows = read_table(f, exact_json=True)
+        rows = read_table(f)  # the release's uid mixes strings and ints: read_table keeps them as written
         layout = "release" if "qa" in rows[0] else "lmms-eval" if "video_path" in rows[0] else ""
         if not layout:
             raise AnnotationError(f, "row 0", None, "neither an LVBench release line ('qa') nor an lmms-eval row ('video_path')")
