@@ -12,7 +12,8 @@ Two families of parsers live here.
   (the lmms-eval copy shipped in VectorSpaceLab/Video-XL, ``Video-XL-2/eval/lvu/*/lmms_eval/tasks``,
   June 2025) and, for Charades-STA (absent there), EvolvingLMMs-Lab/lmms-eval
   ``lmms_eval/tasks/charades_sta/utils.py``. They are re-implemented from their behaviour, including
-  where it is lax (MLVU's and Video-MME's take the first capital A-D, so the preamble case gives ``A``).
+  where it is lax (Video-MME's, LVBench's and LongVideoBench's read the preamble case as ``A``, the
+  article; MLVU's reads only the character before the first ``)``).
   One deliberate difference: LongVideoBench's lmms-eval extractor draws a *random* letter when none
   is found; here that output is counted as unparsed (scored wrong), so results are deterministic.
 
