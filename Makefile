@@ -31,7 +31,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/python -m train.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check model data train tests
+	$(BIN)/ruff check model data train evaluation tests
 
 clean:
 	rm -rf outputs .pytest_cache

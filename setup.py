@@ -1,4 +1,4 @@
-"""Install the Video-XL-2 training framework (packages: model, data, train)."""
+"""Install the Video-XL-2 training framework (packages: model, data, train, evaluation)."""
 
 from setuptools import find_namespace_packages, setup
 
@@ -8,7 +8,8 @@ setup(
     description="Staged training and long-video inference for Video-XL-2-family models",
     python_requires=">=3.10",
     # Editable installs (`make install`) read the Hydra configs from the checkout's conf/.
-    packages=find_namespace_packages(include=["model", "model.*", "data", "data.*", "train", "train.*"]),
+    packages=find_namespace_packages(include=["model", "model.*", "data", "data.*", "train", "train.*",
+                                               "evaluation", "evaluation.*"]),
     package_data={"model.assets.tiny_tokenizer": ["*.json", "*.jinja"]},
     install_requires=[
         "torch==2.13.0",

@@ -1,4 +1,5 @@
-"""train.evaluate: sample loading, rank gathering, and an end-to-end run on a tiny random model."""
+"""evaluation.runner (entry points `python -m evaluation` / `python -m train.evaluate`): sample loading,
+rank gathering, and end-to-end runs on a tiny random model over the generated data."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from data.niah import build_grid, write_mp4
+from evaluation.config import parse_eval_config
+from evaluation.runner import load_samples, read_video
 from helpers import free_port, subprocess_env
-from train.evaluate import load_samples, read_video
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,7 @@ def test_gather_records_over_gloo(tmp_path: Path) -> None:
         import json, os, sys
         import torch.distributed as dist
         from train.engine import read_dist_env
-        from train.evaluate import gather_records
+        from evaluation.runner import gather_records
         info = read_dist_env()
         dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size)
         recs = [{"id": f"r{info.rank}-{i}", "text": "é" * (i + 3 * info.rank), "x": [i, 0.5]}
@@ -47,11 +48,12 @@ def test_gather_records_over_gloo(tmp_path: Path) -> None:
     assert merged == expected
 
 
-def _cfg(**kw: object) -> OmegaConf:
-    base = {"format": "records", "data": None, "video_root": None, "split": "test", "durations": None,
-            "limit": None, "bench": {"task": "needle"}}
+def _cfg(**kw: object):
+    base = {"ckpt": "unused", "data": "unused", "format": "records", "limit": None,
+            "bench": {"name": "niah", "task": "needle", "max_new_tokens": 8, "template": "{question}"},
+            "setting": {"name": "niah", "frames_upbound": 8}}
     base.update(kw)
-    return OmegaConf.create(base)
+    return parse_eval_config(base)
 
 
 def test_load_samples_filters_and_limits(tmp_path: Path) -> None:
@@ -61,15 +63,13 @@ def test_load_samples_filters_and_limits(tmp_path: Path) -> None:
     write_mp4(np.full((4, 16, 16, 3), 90, dtype=np.uint8), hay, 2.0)
     build_grid(hay, tmp_path / "niah", [4, 8], [0.0, 1.0], seed=0)
     ann = tmp_path / "niah" / "annotations.json"
-    samples = load_samples(_cfg(data=str(ann)), tmp_path)
-    assert len(samples) == 4 and all(s.task == "needle" for s in samples)
-    assert len(load_samples(_cfg(data=str(ann), limit=3), tmp_path)) == 3
+    loaded = load_samples(_cfg(data=str(ann)), tmp_path)
+    assert len(loaded.samples) == 4 and all(s.task == "needle" for s in loaded.samples)
+    assert loaded.read == 4 and loaded.excluded == []
+    assert len(load_samples(_cfg(data=str(ann), limit=3), tmp_path).samples) == 3
+    mcq = {"name": "mcq", "task": "mcq", "max_new_tokens": 8, "template": "{question}"}
     with pytest.raises(ValueError, match="no 'mcq' samples"):
-        load_samples(_cfg(data=str(ann), bench={"task": "mcq"}), tmp_path)
-    with pytest.raises(ValueError, match="unknown format"):
-        load_samples(_cfg(data=str(ann), format="nope"), tmp_path)
-    with pytest.raises(ValueError, match="video_root"):
-        load_samples(_cfg(data=str(ann), format="mlvu"), tmp_path)
+        load_samples(_cfg(data=str(ann), bench=mcq), tmp_path)
 
 
 def test_read_video_errors_name_the_file(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def _evaluate(args: list[str], nproc: int = 1) -> None:
     if nproc == 1:
         from hydra import compose, initialize_config_dir
 
-        from train.evaluate import run
+        from evaluation.runner import run
 
         with initialize_config_dir(config_dir=str(REPO / "conf" / "eval"), version_base="1.3"):
             run(compose("evaluate", overrides=args))
@@ -140,8 +140,8 @@ def _read(out: Path) -> tuple[dict, list[dict]]:
 
 @pytest.mark.parametrize(("prefill", "decode"), [("full", "full"), ("chunked", "bilevel")])
 def test_end_to_end_mcq(eval_data: dict[str, Path], tmp_path: Path, prefill: str, decode: str) -> None:
+    from evaluation.answers import parse_choice
     from model import load_tokenizer
-    from train.metrics import extract_choice
 
     out = tmp_path / "mcq.json"
     _evaluate([f"ckpt={eval_data['ckpt']}", "bench=mcq", f"data={eval_data['shards']}", f"prefill={prefill}",
@@ -156,7 +156,7 @@ def test_end_to_end_mcq(eval_data: dict[str, Path], tmp_path: Path, prefill: str
     for p in preds:
         assert p["prediction"] == tok.decode(p["token_ids"], skip_special_tokens=True)
         assert 0 < len(p["token_ids"]) <= 8 and p["num_frames"] % 4 == 0 and p["num_frames"] <= 32
-        hits.append(extract_choice(p["prediction"]) == truth[p["id"]]["answer"]["letter"])
+        hits.append(parse_choice(p["prediction"]) == truth[p["id"]]["answer"]["letter"])
     m = metrics["metrics"]
     assert m["task"] == "mcq" and m["n"] == len(mcq_ids)
     assert m["accuracy"] == pytest.approx(sum(hits) / len(hits))
@@ -165,6 +165,8 @@ def test_end_to_end_mcq(eval_data: dict[str, Path], tmp_path: Path, prefill: str
     assert m["inference"]["pair_density"] == pytest.approx(sum(density) / len(density))
     s = metrics["settings"]
     assert (s["prefill"], s["decode"], s["setting"]["frames_upbound"], s["bench"]["task"]) == (prefill, decode, 32, "mcq")
+    assert metrics["protocol"]["name"] == "official" and metrics["protocol"]["extraction"] == "project.parse_choice"
+    assert metrics["excluded"] == [] and metrics["denominators"]["scored"] == len(mcq_ids)
     assert s["setting"]["inference"]["chunk_groups"] == 1 and "Answer with" in s["bench"]["template"]
     if prefill == "chunked":  # >= 5 groups in 1-group chunks seeing 1 previous chunk; top-1 + first + last dense
         assert all(d < 1.0 for d in density)
@@ -175,7 +177,8 @@ def test_end_to_end_mcq(eval_data: dict[str, Path], tmp_path: Path, prefill: str
 
 def test_end_to_end_grounding_two_ranks(eval_data: dict[str, Path], tmp_path: Path) -> None:
     """torchrun with 2 ranks gives the same predictions as one process; mIoU recomputes from them."""
-    from train.metrics import parse_span, temporal_iou
+    from evaluation.answers import parse_span
+    from evaluation.scoring import temporal_iou
 
     common = [f"ckpt={eval_data['ckpt']}", "bench=grounding", f"data={eval_data['shards']}",
               "setting.frames_upbound=8", "bench.max_new_tokens=6"]
@@ -199,8 +202,8 @@ def test_niah_in_process(eval_data: dict[str, Path], tmp_path: Path) -> None:
     import numpy as np
     from hydra import compose, initialize_config_dir
 
-    from train.evaluate import run
-    from train.metrics import extract_choice
+    from evaluation.answers import parse_choice
+    from evaluation.runner import run
 
     write_mp4(np.random.default_rng(1).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), tmp_path / "hay.mp4", 2.0)
     records = build_grid(tmp_path / "hay.mp4", tmp_path / "niah", [8, 12], [0.0, 1.0], seed=3)
@@ -213,7 +216,7 @@ def test_niah_in_process(eval_data: dict[str, Path], tmp_path: Path) -> None:
     preds = [json.loads(x) for x in Path(metrics["predictions"]).read_text().splitlines()]
     assert [p["id"] for p in preds] == [r["id"] for r in records]
     assert [p["num_frames"] for p in preds] == [r["length"] for r in records]  # every needle frame kept
-    cells = {(float(r["length"]), r["answer"]["depth"]): float(extract_choice(p["prediction"]) == r["answer"]["letter"])
+    cells = {(float(r["length"]), r["answer"]["depth"]): float(parse_choice(p["prediction"]) == r["answer"]["letter"])
              for p, r in zip(preds, records, strict=True)}
     grid = metrics["metrics"]["needle_grid"]["cells"]
     assert {(c["length"], c["depth"]): c["accuracy"] for c in grid} == cells
@@ -235,7 +238,7 @@ def test_unreadable_videos_are_recorded_as_failed(eval_data: dict[str, Path], tm
     import numpy as np
     from hydra import compose, initialize_config_dir
 
-    from train.evaluate import run
+    from evaluation.runner import run
 
     write_mp4(np.full((4, 32, 32, 3), 60, dtype=np.uint8), tmp_path / "hay.mp4", 1.0)
     records = build_grid(tmp_path / "hay.mp4", tmp_path / "niah", [4], [0.0, 0.5, 1.0], seed=2)
@@ -259,8 +262,8 @@ def test_unreadable_videos_are_recorded_as_failed(eval_data: dict[str, Path], tm
 def test_device_is_the_local_ranks_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from evaluation.runner import resolve_device, setup_device
     from train.engine import DistEnv
-    from train.evaluate import resolve_device, setup_device
 
     current: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -1,7 +1,7 @@
 """Evaluation part of the demo: every bench in every inference mode, and a needle sweep over length.
 
-Uses the `train.evaluate` API per sample (so the demo can show a progress bar) and writes the same
-files as `python -m train.evaluate`: ``<name>.json`` (metrics + settings) and
+Uses the `evaluation.runner` API per sample (so the demo can show a progress bar) and writes the same
+files as `python -m evaluation`: ``<name>.json`` (metrics + settings) and
 ``<name>.predictions.jsonl`` (one record per sample).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from train.evaluate import evaluate_sample, load_samples, write_outputs
+from evaluation.runner import evaluate_sample, load_samples, resolve_protocol, to_eval_config, write_outputs
 
 EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "eval"
 
@@ -73,20 +74,20 @@ def run_bench(ckpt: Path, data: Path, bench: str, mode: str, ecfg: DictConfig, o
                  f"split={ecfg.split}", f"limit={hydra_value(ecfg.limit)}", f"work_dir={out_dir / 'videos' / name}",
                  f"out={out_dir / (name + '.json')}", "device=cpu",
                  *flatten(ecfg.overrides), *mode_overrides(ecfg, mode), *extra]
-    cfg = compose_eval(overrides)
+    cfg = to_eval_config(compose_eval(overrides))
+    protocol = resolve_protocol(cfg)
     start = time.perf_counter()
-    samples = load_samples(cfg, Path(str(cfg.work_dir)))
+    loaded = load_samples(cfg, Path(str(cfg.work_dir)))
     records = []
     with torch.inference_mode():
-        for s in tqdm(samples, desc=f"eval {name}", dynamic_ncols=True, leave=False):
-            records.append(evaluate_sample(model, tokenizer, s, cfg, torch.device("cpu")))
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(settings, dict)
+        for s in tqdm(loaded.samples, desc=f"eval {name}", dynamic_ncols=True, leave=False):
+            records.append(evaluate_sample(model, tokenizer, s, cfg, torch.device("cpu"), protocol))
+    settings = asdict(cfg)
     settings.update({"world_size": 1, "device_resolved": "cpu", "sampling_base_fps": 1.0, "greedy": True,
-                     "sample_order": [s.sample_id for s in samples]})
-    out = Path(str(cfg.out))
+                     "sample_order": [s.sample_id for s in loaded.samples]})
+    out = Path(cfg.out)
     return write_outputs(records, settings, out, out.with_name(out.stem + ".predictions.jsonl"),
-                         list(cfg.length_buckets), time.perf_counter() - start)
+                         list(cfg.length_buckets), time.perf_counter() - start, cfg.format, loaded, protocol)
 
 
 def evaluate_all(ckpt: Path, data: Path, ecfg: DictConfig, out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -168,7 +169,7 @@ def blind_baseline(data: Path) -> dict[str, float]:
     (mcq, needle) and the most frequent train span (grounding), applied to the test split."""
     from collections import Counter
 
-    from train.metrics import temporal_iou
+    from evaluation.scoring import temporal_iou
 
     def family(rec: dict[str, Any]) -> str:
         return f"{rec['task']}/{rec['answer'].get('type', '')}"

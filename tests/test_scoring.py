@@ -1,64 +1,25 @@
-"""Answer parsing and evaluation metrics."""
+"""evaluation.scoring: IoU, accuracy, needle grids, the benchmarks' aggregations and exclusion reports."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
-from train.metrics import (
+from evaluation.answers import LMMS_EVAL_EXTRACTORS
+from evaluation.scoring import (
     accuracy_by,
     bucket_label,
-    extract_choice,
+    exclusion_report,
     grounding_metrics,
     mcq_accuracy,
     mean_stats,
     needle_grid,
-    parse_span,
     score_prediction,
     summarize,
     temporal_iou,
 )
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("B", "B"),
-        (" C.", "C"),
-        ("(D) the red car", "D"),
-        ("The answer is A", "A"),
-        ("The best answer is: C) a dog", "C"),
-        ("Answer: B", "B"),
-        ("Dog", None),          # letter inside a word does not count
-        ("E", None),            # not an allowed option letter
-        ("", None),
-        ("I think C, not B", "C"),
-        ("The correct answer is \n\nD", "D"),
-    ],
-)
-def test_extract_choice(text: str, expected: str | None) -> None:
-    assert extract_choice(text) == expected
-
-
-def test_extract_choice_respects_letter_set() -> None:
-    assert extract_choice("E.", letters="ABCDE") == "E"
-    assert extract_choice("E then A", letters="ABCD") == "A"
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("From 12.0 to 18.0 seconds.", (12.0, 18.0)),
-        ("from 3 to 7.5 seconds", (3.0, 7.5)),
-        ("The event happens at 4.2s - 9s.", (4.2, 9.0)),
-        ("between 20 and 10 seconds", (10.0, 20.0)),
-        ("I do not know", None),
-        ("At 5 seconds.", None),
-    ],
-)
-def test_parse_span(text: str, expected: tuple[float, float] | None) -> None:
-    assert parse_span(text) == expected
 
 
 def test_temporal_iou() -> None:
@@ -126,6 +87,10 @@ def test_score_prediction() -> None:
     assert score_prediction("needle", "blue", answer="B") == {"parsed": None, "correct": False}
     g = score_prediction("grounding", "From 2 to 6 seconds.", span=(4.0, 8.0))
     assert g["parsed"] == [2.0, 6.0] and g["iou"] == pytest.approx(2 / 6)
+    # the protocol's parser is used when given: lmms-eval's Video-MME extraction reads the article "A"
+    text = "A man opens the door. The answer is C"
+    assert score_prediction("mcq", text, answer="C")["correct"] is True
+    assert score_prediction("mcq", text, answer="C", extractor=LMMS_EVAL_EXTRACTORS["videomme"])["parsed"] == "A"
     with pytest.raises(ValueError, match="unknown task"):
         score_prediction("caption", "x", answer="A")
 
@@ -147,10 +112,60 @@ def test_summarize_recomputes_from_parsed() -> None:
     assert list(m["by_length"]) == ["<0s", "0-60s", "60-600s", ">=600s"]
     cats = [dict(recs[0], metadata={"question_type": ["a", "b"], "duration": "long"}),
             dict(recs[1], metadata={"question_type": "c", "duration": 70.0})]
-    m = summarize(cats, [0])
-    assert m["by_question_type"] == {"a,b": {"score": 1.0, "n": 1}, "c": {"score": 0.0, "n": 1}}
-    assert m["by_duration"] == {"long": {"score": 1.0, "n": 1}} and "by_task_type" not in m
+    m = summarize(cats, [0], "synth")
+    assert m["by_question_type"] == {"a": {"score": 1.0, "n": 1}, "b": {"score": 1.0, "n": 1},
+                                     "c": {"score": 0.0, "n": 1}}
+    assert "by_duration" not in m and "by_task_type" not in m
+    assert "by_question_type" not in summarize(cats, [0])  # no benchmark: no breakdowns
     grounding = [{"task": "grounding", "parsed": [0, 10], "span": [5, 10], "duration": 10}]
     assert summarize(grounding, [0])["miou"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="mix tasks"):
         summarize(recs + grounding, [0])
+
+
+def _mcq(sid: str, parsed: str | None, answer: str, **meta: object) -> dict:
+    return {"id": sid, "task": "mcq", "parsed": parsed, "answer": answer, "duration": 10.0, "metadata": meta}
+
+
+def test_mlvu_m_avg_is_the_mean_of_task_accuracies() -> None:
+    recs = [_mcq("1", "A", "A", task_type="plotQA"), _mcq("2", "B", "A", task_type="plotQA"),
+            _mcq("3", "C", "C", task_type="plotQA"), _mcq("4", "D", "D", task_type="needle")]
+    m = summarize(recs, [0], "mlvu")
+    assert m["by_task_type"]["plotQA"] == {"score": pytest.approx(2 / 3), "n": 3}
+    assert m["m_avg"] == pytest.approx((2 / 3 + 1.0) / 2)  # task mean, not the overall 3/4
+    assert m["accuracy"] == pytest.approx(3 / 4)
+
+
+def test_benchmark_breakdowns() -> None:
+    vmme = [_mcq("1", "A", "A", duration_category="short"), _mcq("2", None, "A", duration_category="long"),
+            _mcq("3", "B", "B", duration_category="long")]
+    m = summarize(vmme, [0], "videomme")
+    assert m["by_duration_category"] == {"long": {"score": 0.5, "n": 2}, "short": {"score": 1.0, "n": 1}}
+    assert m["n_unparsed"] == 1 and "m_avg" not in m
+    lvb = [_mcq("1", "A", "A", question_types=["reasoning", "entity recognition"]),
+           _mcq("2", "B", "A", question_types=["reasoning"])]
+    m = summarize(lvb, [0], "lvbench")  # a question counts once in each of its types
+    assert m["by_question_types"] == {"entity recognition": {"score": 1.0, "n": 1}, "reasoning": {"score": 0.5, "n": 2}}
+    assert m["accuracy"] == 0.5 and m["n"] == 2
+    long = [_mcq("1", "A", "A", duration_group=600, question_category="TOS"),
+            _mcq("2", "A", "B", duration_group=15, question_category="TOS"),
+            _mcq("3", "C", "C", duration_group=600.0, question_category="S2E")]
+    m = summarize(long, [0], "longvideobench")
+    assert m["by_duration_group"] == {"15": {"score": 0.0, "n": 1}, "600": {"score": 1.0, "n": 2}}
+    assert m["by_question_category"] == {"S2E": {"score": 1.0, "n": 1}, "TOS": {"score": 0.5, "n": 2}}
+
+
+def test_exclusion_report_lists_rows_and_denominators() -> None:
+    recs = [_mcq("a", "A", "A"), dict(_mcq("b", None, "B"), error="FileNotFoundError: video not found: x.mp4")]
+    def excl_row(sid: str, reason: str, detail: str) -> SimpleNamespace:  # duck-typed data.benchmarks.Exclusion
+        return SimpleNamespace(sample_id=sid, reason=reason, detail=detail)
+
+    excl = [excl_row("c", "answer_not_in_candidates", "answer 'x'"), excl_row("d", "no_answer", ""),
+            excl_row("e", "answer_not_in_candidates", "answer 'y'")]
+    rep = exclusion_report(excl, recs)
+    assert [e["id"] for e in rep["excluded"]] == ["c", "d", "e"]
+    assert rep["excluded"][0] == {"id": "c", "reason": "answer_not_in_candidates", "detail": "answer 'x'"}
+    assert rep["failed"] == [{"id": "b", "error": "FileNotFoundError: video not found: x.mp4"}]
+    assert rep["denominators"] == {"rows_read": 5, "excluded": 3, "scored": 2, "failed": 1,
+                                   "excluded_by_reason": {"answer_not_in_candidates": 2, "no_answer": 1}}
+    assert exclusion_report([], recs, samples_read=10)["denominators"]["rows_read"] == 10

@@ -1,70 +1,44 @@
-"""Evaluation metrics: answer parsing, MCQ accuracy, temporal grounding IoU, needle grids.
+"""Evaluation scoring: temporal IoU, accuracy, needle grids and the benchmarks' official aggregations.
 
-Every function here is pure (no model, no I/O) so that the numbers written by
-`train.evaluate` can be recomputed from its per-sample prediction records.
+Every function here is pure (no model, no I/O) so that the numbers written by `evaluation.runner`
+can be recomputed from its per-sample prediction records. Output parsing lives in
+`evaluation.answers`; a record's ``parsed`` field is what the protocol's parser read.
 
 Definitions
 -----------
-* **MCQ letter extraction** (`extract_choice`): the output is stripped, the known
-  answer prefixes (``ANSWER_PREFIXES``, case-insensitive) are removed, and the answer is the
-  *first* upper-case letter among the allowed option letters (default ``A``-``D``) that
-  stands as its own token, i.e. is neither preceded nor followed by an ASCII letter
-  (so ``"B"``, ``"B."``, ``"(C)"``, ``"Answer: D) red"`` parse; the ``D`` inside ``"Dog"`` does not).
-  No such letter -> ``None`` (counted as wrong). A prediction is correct iff the extracted
-  letter equals the ground-truth letter.
-* **Span parsing** (`parse_span`): the first ``<number> [s|sec|seconds] (to|-|–|and) <number>``
-  in the output (case-insensitive, so ``"From 12.0 to 18.0 seconds."`` gives ``(12.0, 18.0)``);
-  the pair is ordered (min, max). Unparseable -> ``None``, scored as IoU 0 and counted.
+* **MCQ**: a prediction is correct iff the parsed letter equals the ground-truth letter; an unparsed
+  output (``parsed`` None) is wrong and counted in ``n_unparsed``.
 * **Temporal IoU**: |pred ∩ gt| / |pred ∪ gt| over closed intervals in seconds; two
-  zero-length identical spans have IoU 1. R@t = fraction of samples with IoU >= t.
+  zero-length identical spans have IoU 1; an unparsed prediction scores 0. R@t = fraction of
+  queries with IoU >= t; mIoU = mean IoU over all queries.
+* **Benchmark aggregations** (`BREAKDOWNS`, `summarize`), as the benchmarks' own scorers report:
+  MLVU accuracy per ``task_type`` and M-Avg (their mean) plus overall accuracy
+  (JUNJIE99/MLVU choice_bench.py); Video-MME per ``duration_category`` (short/medium/long) plus
+  overall; LVBench overall and per question type, a question counting once in each of its
+  ``question_types`` (THUDM/LVBench compute_accuracy.py); LongVideoBench per ``duration_group``
+  and per ``question_category`` plus overall; Charades-STA mIoU and R@{0.3, 0.5, 0.7} over all queries.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-ANSWER_PREFIXES: tuple[str, ...] = (
-    "the best answer is",
-    "the correct answer is",
-    "the answer is",
-    "the best option is",
-    "the correct option is",
-    "best answer:",
-    "best option:",
-    "answer:",
-)
+from evaluation.answers import OFFICIAL_CHOICE, OFFICIAL_SPAN, Extractor
+
 RECALL_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
-# metadata fields (string categories of the benchmark readers) that get their own accuracy breakdown
-CATEGORY_KEYS: tuple[str, ...] = ("question_type", "task_type", "duration")
-
-_NUM = r"(\d+(?:\.\d+)?)"
-_SPAN_RE = re.compile(_NUM + r"\s*(?:s|sec|secs|seconds?)?\s*(?:to|-|–|and)\s*" + _NUM, re.IGNORECASE)
-
-
-def extract_choice(text: str, letters: str = "ABCD") -> str | None:
-    """Return the first standalone option letter in `text` (see module docstring), or None."""
-    s = text.strip()
-    lowered = s.lower()
-    for prefix in ANSWER_PREFIXES:
-        idx = lowered.find(prefix)
-        if idx >= 0:
-            s = s[:idx] + s[idx + len(prefix):]
-            lowered = s.lower()
-    pattern = re.compile(r"(?<![A-Za-z])([" + re.escape(letters) + r"])(?![A-Za-z])")
-    m = pattern.search(s)
-    return m.group(1) if m else None
-
-
-def parse_span(text: str) -> tuple[float, float] | None:
-    """Parse the first ``X (to|-|and) Y`` pair of seconds from a model output, ordered (min, max)."""
-    m = _SPAN_RE.search(text)
-    if m is None:
-        return None
-    a, b = float(m.group(1)), float(m.group(2))
-    return (min(a, b), max(a, b))
+# metadata keys (set by the data.benchmarks readers) each benchmark's scorer breaks accuracy down by;
+# a list value counts the sample once under each of its entries
+BREAKDOWNS: dict[str, tuple[str, ...]] = {
+    "mlvu": ("task_type",),
+    "videomme": ("duration_category", "domain", "task_type"),
+    "lvbench": ("question_types",),
+    "longvideobench": ("duration_group", "question_category"),
+    "charades": (),
+    "synth": ("question_type",),
+    "records": ("question_type",),
+}
 
 
 def temporal_iou(pred: Sequence[float] | None, gt: Sequence[float]) -> float:
@@ -160,32 +134,34 @@ def mean_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-def score_prediction(task: str, text: str, answer: str | None = None,
-                     span: Sequence[float] | None = None, letters: str = "ABCD") -> dict[str, Any]:
-    """Parse one output and score it: mcq/needle -> ``parsed`` letter + ``correct``; grounding -> ``parsed`` span + ``iou``."""
+def score_prediction(task: str, text: str, answer: str | None = None, span: Sequence[float] | None = None,
+                     letters: str = "ABCD", extractor: Extractor | None = None) -> dict[str, Any]:
+    """Parse one output with `extractor` (default: the official/project parser of the task) and score it:
+    mcq/needle -> ``parsed`` letter + ``correct``; grounding -> ``parsed`` [start, end] + ``iou``."""
     if task in ("mcq", "needle"):
         if answer is None:
             raise ValueError(f"score_prediction: task {task!r} needs a ground-truth letter")
-        letter = extract_choice(text, letters)
+        letter = (extractor or OFFICIAL_CHOICE).parse(text, letters)
         return {"parsed": letter, "correct": letter is not None and letter == answer}
     if task == "grounding":
         if span is None:
             raise ValueError("score_prediction: task 'grounding' needs a ground-truth span")
-        pred = parse_span(text)
+        pred = (extractor or OFFICIAL_SPAN).parse(text)
         return {"parsed": list(pred) if pred else None, "iou": temporal_iou(pred, span)}
     raise ValueError(f"score_prediction: unknown task {task!r} (mcq | grounding | needle)")
 
 
-def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float]) -> dict[str, Any]:
-    """Metrics of one task from per-sample records (as written by `train.evaluate`).
+def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float],
+              benchmark: str | None = None) -> dict[str, Any]:
+    """Metrics of one task from per-sample records (as written by `evaluation.runner`).
 
-    Records carry ``task``, ``duration`` (s), ``stats`` and either ``parsed``/``answer``/``correct``
+    Records carry ``task``, ``duration`` (s), ``stats``, ``metadata`` and either ``parsed``/``answer``
     (mcq, needle; needle also ``length`` and ``depth``) or ``parsed``/``span`` (grounding).
     Scores are recomputed from ``parsed`` and the ground truth, not read from ``correct``/``iou``.
-    A record with an ``error`` (its video could not be read) has ``parsed`` None, so it scores as a
-    wrong / unparsed answer; ``failed`` counts such records.
-    String categories in ``metadata`` (`CATEGORY_KEYS`, e.g. VideoMME's ``duration`` short/medium/long,
-    MLVU/LVBench ``question_type``) get ``by_<key>`` breakdowns.
+    A record with an ``error`` (its video could not be read or is missing) has ``parsed`` None, so it
+    scores as a wrong / unparsed answer; ``failed`` counts such records.
+    `benchmark` (a data format) picks the breakdowns of `BREAKDOWNS` (``by_<metadata key>``; for MLVU
+    also ``m_avg``, the mean of the per-task accuracies); None: none.
     """
     tasks = {r["task"] for r in records}
     if len(tasks) > 1:
@@ -206,18 +182,55 @@ def summarize(records: Sequence[Mapping[str, Any]], length_edges: Sequence[float
     by_length = accuracy_by([bucket_label(float(r["duration"]), length_edges) for r in records], scores)
     order = [f"<{length_edges[0]:g}s"] + [bucket_label(e, length_edges) for e in length_edges]
     out["by_length"] = {k: by_length[k] for k in dict.fromkeys(order) if k in by_length}
-    for key in CATEGORY_KEYS:
-        keyed = [(_category(r, key), sc) for r, sc in zip(records, scores, strict=True)]
-        keyed = [(k, sc) for k, sc in keyed if k is not None]
-        if keyed:
-            out[f"by_{key}"] = accuracy_by([k for k, _ in keyed], [sc for _, sc in keyed])
+    for key in BREAKDOWNS.get(benchmark or "", ()):
+        keys, keyed_scores = [], []
+        for r, sc in zip(records, scores, strict=True):
+            for k in categories(r, key):
+                keys.append(k)
+                keyed_scores.append(sc)
+        if keys:
+            out[f"by_{key}"] = accuracy_by(keys, keyed_scores)
+    if benchmark == "mlvu" and out.get("by_task_type"):
+        per_task = [v["score"] for v in out["by_task_type"].values()]
+        out["m_avg"] = sum(per_task) / len(per_task)
     out["inference"] = mean_stats([r.get("stats") or {} for r in records])
     return out
 
 
-def _category(record: Mapping[str, Any], key: str) -> str | None:
-    """A string category from ``record["metadata"][key]`` (lists joined with ','); None if absent or numeric."""
+def categories(record: Mapping[str, Any], key: str) -> list[str]:
+    """The categories of ``record["metadata"][key]`` as strings: a list gives each entry, a scalar
+    (string or number, e.g. LongVideoBench's ``duration_group`` 600) gives one, absent/None none."""
     val = (record.get("metadata") or {}).get(key)
-    if isinstance(val, (list, tuple)) and val and all(isinstance(v, str) for v in val):
-        return ",".join(val)
-    return val if isinstance(val, str) else None
+    if val is None or isinstance(val, bool):
+        return []
+    if isinstance(val, (list, tuple)):
+        return [_label(v) for v in val if v is not None]
+    return [_label(val)]
+
+
+def _label(value: Any) -> str:
+    """``600.0`` -> ``"600"``; strings as they are."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def exclusion_report(excluded: Sequence[Any], records: Sequence[Mapping[str, Any]],
+                     samples_read: int | None = None) -> dict[str, Any]:
+    """What was not scored or failed, and the denominators.
+
+    `excluded`: the reader's `Exclusion` objects (``sample_id``, ``reason``, ``detail``); `records`: the
+    scored prediction records. Returns ``excluded`` (list of {id, reason, detail}), ``failed`` (records
+    with an ``error``: missing or unreadable video, scored wrong; list of {id, error}) and
+    ``denominators``: rows read = samples read (default: the records) + excluded; every metric divides
+    by ``scored`` (failed included; fewer than the samples read only under ``limit``).
+    """
+    failed = [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")]
+    rows = [{"id": e.sample_id, "reason": e.reason, "detail": e.detail} for e in excluded]
+    reasons: dict[str, int] = {}
+    for e in rows:
+        reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+    return {"excluded": rows, "failed": failed,
+            "denominators": {"rows_read": (len(records) if samples_read is None else samples_read) + len(rows), "excluded": len(rows),
+                             "excluded_by_reason": dict(sorted(reasons.items())), "scored": len(records),
+                             "failed": len(failed)}}
