@@ -75,6 +75,16 @@ def test_finetune_recipe_composes_with_lora_defaults(base_dir: Path) -> None:
         check_run(no_init)
 
 
+def test_finetune_reads_make_shards_output_under_data_root(base_dir: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    run, _ = compose_stage("finetune", ["model=tiny", f"data.root={shards}"], str(base_dir))
+    with pytest.raises(ConfigError, match=r"^stage.data.train\[0\].shards: glob .*shard-\*\.tar"):
+        check_run(run)
+    (shards / "shard-000000.tar").write_bytes(b"")  # the name data.make_shards writes
+    check_run(run)
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"modules": ["llm", "projectr"]}, "stage.lora.modules[1]"),
     ({"modules": ["vision_tower"]}, "stage.lora.modules[0]"),  # not in stage.trainable
@@ -153,6 +163,17 @@ def test_meta_device_count_matches_the_lora_formula() -> None:
     plain = VideoXL2ForCausalLM(cfg)
     assert counts["total"] == sum(p.numel() for p in plain.parameters()) + counts["adapter"]
     assert counts["trainable"] == counts["adapter"] + sum(p.numel() for p in plain.projector.parameters())
+
+
+def test_count_cli_prints_counts_and_names_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert lora.main(["--model", "tiny", "--r", "8"]) == 0
+    counts = lora.count_on_meta(build_preset("tiny"), LoraConfig(r=8), ["projector", "llm"])
+    out = capsys.readouterr().out
+    assert f"trainable parameters: {counts['trainable']:,} " in out and f"of {counts['total']:,} total" in out
+    assert lora.main(["--model", "tiny", "--modules", "llm,dts"]) == 2
+    assert capsys.readouterr().err.startswith("error: --modules: 'dts' is not in stage.trainable")
+    assert lora.main(["--model", "tiny", "--trainable", "projectr,llm"]) == 2
+    assert capsys.readouterr().err.startswith("error: --trainable: unknown")
 
 
 # --------------------------------------------------------------------------- training and export

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.config import ConfigError, LoraConfig
+from train.config import MODEL_MODULES, ConfigError, LoraConfig
 
 ADAPTER = "default"  # peft's adapter name inside the live model; stripped in the saved adapter
 ADAPTER_DIR = "adapter"  # export/<ADAPTER_DIR>/: the adapter alone, in peft's format
@@ -239,12 +239,22 @@ def main(argv: list[str] | None = None) -> int:
     trainable = [s for s in args.trainable.split(",") if s]
     cfg = LoraConfig(modules=[s for s in args.modules.split(",") if s], r=args.r, alpha=args.alpha, dropout=0.0,
                      target_modules=[s for s in args.target_modules.split(",") if s])
+    flags = {"stage.lora.modules": "--modules", "stage.lora.r": "--r", "stage.lora.alpha": "--alpha",
+             "stage.lora.target_modules": "--target-modules", "stage.trainable": "--trainable"}
+    unknown = [name for name in trainable if name not in MODEL_MODULES]
+    if unknown or not trainable:
+        print(f"error: --trainable: unknown or no parts {unknown} (known: {', '.join(MODEL_MODULES)})", file=sys.stderr)
+        return 2
     try:
         validate_lora(cfg, trainable)
         model_cfg = build_preset(args.model)
         counts = count_on_meta(model_cfg, cfg, trainable)
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        flag = flags.get(exc.field.split("[")[0], exc.field)
+        print(f"error: {flag}: {str(exc).split(': ', 1)[1]}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: --model: {exc}", file=sys.stderr)
         return 2
     share = counts["trainable"] / counts["total"]
     print(f"model {args.model}: LoRA r={cfg.r} alpha={cfg.alpha:g} on {cfg.modules} {cfg.target_modules}; "
