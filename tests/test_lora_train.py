@@ -51,10 +51,11 @@ def test_zero3_lora_resume_is_exact_and_export_is_whole(synth: Path, tmp_path: P
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     env = subprocess_env(WANDB_MODE="disabled")
     # a ZeRO-2 run with the feature cache, alongside (these runs spend most of their time starting up)
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("zero2", "reference")}  # no pipe to fill up
     zero2 = subprocess.Popen(zero2_cached_cmd(synth, base, tmp_path / "zero2"), cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=logs["zero2"])
     reference = subprocess.Popen(train_cmd(synth, base, ref), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
+                                 stderr=logs["reference"])
     killed = subprocess.Popen(train_cmd(synth, base, cut), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     marker = cut / "finetune" / "checkpoints" / f"step-{K:08d}" / "COMPLETE"
@@ -67,8 +68,8 @@ def test_zero3_lora_resume_is_exact_and_export_is_whole(synth: Path, tmp_path: P
     assert not (cut / "finetune" / "export").exists(), "the run finished before it was killed"
     resumed = subprocess.run(train_cmd(synth, base, cut, "checkpoint.resume=auto"), cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
-    _, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-4000:]
+    reference.wait(timeout=600)
+    assert reference.returncode == 0, (tmp_path / "reference.log").read_text()[-4000:]
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "parameters: " in resumed.stderr and " trainable of " in resumed.stderr
 
@@ -123,8 +124,10 @@ def test_zero3_lora_resume_is_exact_and_export_is_whole(synth: Path, tmp_path: P
     assert counts["trainable"] == sum(v.numel() for d in (adapter, trained) for v in d.values())
     assert counts["total"] == sum(v.numel() for v in merged.values()) + sum(v.numel() for v in adapter.values())
 
-    _, err = zero2.communicate(timeout=600)
-    assert zero2.returncode == 0, err[-4000:]
+    zero2.wait(timeout=600)
+    for log in logs.values():
+        log.close()
+    assert zero2.returncode == 0, (tmp_path / "zero2.log").read_text()[-4000:]
     stage2 = tmp_path / "zero2" / "finetune"
     records = [json.loads(line) for line in (stage2 / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]

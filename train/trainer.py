@@ -271,6 +271,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                          feature_cache=parts.train_module.feature_cache)
     result = LoopResult(state=state)
     logger.event("parameters", state.step, **params)
+    logger.summary({f"parameters/{k}": v for k, v in params.items()})
     if dist.is_main:
         print(f"parameters: {params['trainable']:,} trainable of {params['total']:,} "
               f"({100 * params['trainable'] / max(1, params['total']):.3f}%)", file=sys.stderr, flush=True)
