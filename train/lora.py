@@ -174,7 +174,8 @@ def save_adapter(out_dir: Path, model: nn.Module, adapter_state: dict[str, torch
     empty = [k for k, v in adapter_state.items() if v.numel() == 0]
     if empty:
         raise RuntimeError(f"adapter export: {len(empty)} empty tensors (e.g. {empty[0]}): parameters were not gathered")
-    saved = get_peft_model_state_dict(model, state_dict=adapter_state, adapter_name=ADAPTER)
+    # adapter tensors only: an adapted lm_head/embedding's full base weight stays in the base model
+    saved = get_peft_model_state_dict(model, state_dict=adapter_state, adapter_name=ADAPTER, save_embedding_layers=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.peft_config[ADAPTER].save_pretrained(str(out_dir))
     save_file({PEFT_PREFIX + k: v.contiguous() for k, v in saved.items()}, str(out_dir / "adapter_model.safetensors"),
