@@ -15,6 +15,7 @@ setup(
         "torch==2.13.0",
         "deepspeed==0.19.8",
         "transformers==5.24.0",
+        "peft==0.21.2",
         "tokenizers>=0.22",
         "safetensors>=0.4",
         "datasets>=3",

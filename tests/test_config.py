@@ -32,7 +32,7 @@ def composed(overrides: list[str]) -> dict:
 
 
 def test_groups_present() -> None:
-    assert names("stage") == ["align", "dts", "long", "sft"]
+    assert names("stage") == ["align", "dts", "finetune", "long", "sft"]
     assert {"zero2", "zero3"} <= set(names("deepspeed"))
 
 

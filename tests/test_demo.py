@@ -97,7 +97,7 @@ def test_stage_overrides_reach_the_stage_config(demo_out: Path) -> None:
     assert sft["frames_upbound"] == m["settings"]["short_data"]["max_frames"]
     align = next(s for s in m["stages"] if s["stage"] == "align")
     events = [json.loads(line) for line in (Path(align["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events if "event" in e] == ["projector_calibrated"]
+    assert [e["event"] for e in events if "event" in e] == ["parameters", "projector_calibrated"]
 
 
 def test_hydra_values_quote_and_nest() -> None:

@@ -13,7 +13,7 @@ import torch
 
 from data.mix import DataConfig, ResolvedSource
 from train import checkpoint as ckpt
-from train.config import ConfigError, RunConfig, data_error, validate_run_config
+from train.config import FINETUNE, ConfigError, RunConfig, data_error, validate_run_config
 
 # Positions a timestamp text may take when no tokenizer is available (the released Video-XL-2
 # recipe budgets about 152 positions per 144-token group, i.e. ~8 for the timestamp).
@@ -73,6 +73,9 @@ def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | N
     tokenizer is not an error and data globs are not resolved.
     """
     validate_run_config(run)  # pure field rules first
+    if check_paths and run.stage.name == FINETUNE and run.stage.init_from is None:
+        raise ConfigError("stage.init_from", "finetune starts from a trained model: set stage.init_from to a "
+                          "converted (model.convert_official), assembled (model.assemble) or exported model directory")
     if check_paths and run.stage.init_from is not None:
         if not (Path(run.stage.init_from) / "config.json").is_file():
             raise ConfigError("stage.init_from", f"{run.stage.init_from!r} holds no exported model (config.json)")
@@ -169,7 +172,8 @@ class StageParts:
 
 
 def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
-    """Model (from `init_from` or fresh from config), stage heads, trainable set applied."""
+    """Model (from `init_from` or fresh from config), LoRA adapters when `stage.lora` is set, stage heads,
+    trainable set applied (the parts in `stage.lora.modules` train their adapters only)."""
     from model import VideoXL2ForCausalLM
     from train.feature_cache import FrozenFeatureCache
     from train.objectives import TrainModule
@@ -183,8 +187,14 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
             raise ckpt.refused(f"stage.init_from {run.stage.init_from}", exc) from exc
     else:
         model = VideoXL2ForCausalLM(model_cfg)
+    lora_cfg = run.stage.lora
+    if lora_cfg is not None:  # before checkpointing and the train module: peft swaps the target layers in place
+        from train.lora import apply_lora
+
+        apply_lora(model, lora_cfg, base_model=run.stage.init_from)
     if run.loop.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # non-reentrant: gradients reach the adapters even though the frozen embeddings' outputs need none
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     cache_mb = run.loop.frozen_feature_cache_mb
     dropout = float(getattr(model.config.vision_config, "attention_dropout", 0.0) or 0.0)
     if cache_mb and dropout > 0:
@@ -195,4 +205,8 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
     module = TrainModule(model, run.stage.loss, run.stage.masking, feature_cache=cache,
                          chunked_attention=chunked if chunked.fraction else None)
     set_trainable(module.trainable_modules(), run.stage.trainable)
+    if lora_cfg is not None:
+        from train.lora import freeze_base
+
+        freeze_base(module.trainable_modules(), lora_cfg)
     return StageParts(train_module=module, model_cfg=model.config)

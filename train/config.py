@@ -8,6 +8,7 @@ whose message starts with the dotted name of the offending field.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from typing import Any
 
 from data.mix import DataConfig
 
-STAGES: tuple[str, ...] = ("dts", "align", "sft", "long")
+STAGES: tuple[str, ...] = ("dts", "align", "sft", "long")  # the pretraining pipeline, in order
+FINETUNE: str = "finetune"  # conf/stage/finetune.yaml: adapting a trained model, outside the pipeline
 MODEL_MODULES: tuple[str, ...] = ("vision_tower", "dts", "projector", "llm")
 DTS_DECODER: str = "dts_decoder"
 LOSSES: tuple[str, ...] = ("lm", "dts_reconstruction")
@@ -90,6 +92,20 @@ class ChunkedAttentionConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (built with peft, train/lora.py) on the `target_modules` linear layers inside the
+    model parts listed in `modules`. The base weights of those parts are frozen; the adapters train at
+    the part's `stage.lr`. Merged output: W + (alpha / r) * B @ A (Hu et al., 2021, "LoRA")."""
+
+    modules: list[str] = field(default_factory=lambda: ["llm"])
+    r: int = 64
+    alpha: float = 128.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
 class StageConfig:
     """One training stage: what is trained, how, on what, and where it starts from."""
 
@@ -109,6 +125,7 @@ class StageConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     calibrate_projector: ProjectorCalibrationConfig = field(default_factory=ProjectorCalibrationConfig)
     chunked_attention: ChunkedAttentionConfig = field(default_factory=ChunkedAttentionConfig)
+    lora: LoraConfig | None = None  # null: the `trainable` modules train fully
 
 
 @dataclass
@@ -300,8 +317,8 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
     passes them); trainable names are checked against `MODEL_MODULES` (+ the DTS decoder).
     """
     st = run.stage
-    if st.name not in STAGES:
-        raise ConfigError("stage.name", f"unknown stage {st.name!r} (known: {', '.join(STAGES)})")
+    if st.name not in (*STAGES, FINETUNE):
+        raise ConfigError("stage.name", f"unknown stage {st.name!r} (known: {', '.join((*STAGES, FINETUNE))})")
     if st.loss not in LOSSES:
         raise ConfigError("stage.loss", f"unknown loss {st.loss!r} (known: {', '.join(LOSSES)})")
     if not st.trainable:
@@ -374,6 +391,8 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
             raise ConfigError(f"stage.chunked_attention.{name}", f"must be >= {low}, got {getattr(chunked, name)}")
     if chunked.fraction and st.loss != "lm":
         raise ConfigError("stage.chunked_attention.fraction", f"applies to the lm loss, not {st.loss!r}")
+    if st.lora is not None:
+        validate_lora(st.lora, st.trainable)
     ds = run.deepspeed
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError("deepspeed.zero_stage", f"must be 0..3, got {ds.zero_stage}")
@@ -412,3 +431,38 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("logging.wandb_mode", f"must be one of {WANDB_MODES} or null")
     if run.logging.every_steps < 1:
         raise ConfigError("logging.every_steps", "must be >= 1")
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def validate_lora(lora: LoraConfig, trainable: list[str]) -> None:
+    """Field rules of `stage.lora`: parts of the model that the stage trains, r >= 1, alpha > 0,
+    dropout in [0, 1), target names that are plain module names (matched against the last component
+    of a module's dotted path). Raises ConfigError naming the field."""
+    if not lora.modules:
+        raise ConfigError("stage.lora.modules", "empty: list the model parts that get adapters (e.g. [llm])")
+    for i, name in enumerate(lora.modules):
+        if name not in MODEL_MODULES:
+            raise ConfigError(f"stage.lora.modules[{i}]",
+                              f"unknown module {name!r} (known: {', '.join(MODEL_MODULES)})")
+        if name not in trainable:
+            raise ConfigError(f"stage.lora.modules[{i}]",
+                              f"{name!r} is not in stage.trainable {trainable}: list it there too (its adapters "
+                              f"train at stage.lr.{name}; its base weights stay frozen)")
+    if len(set(lora.modules)) != len(lora.modules):
+        raise ConfigError("stage.lora.modules", "a module is listed twice")
+    if lora.r < 1:
+        raise ConfigError("stage.lora.r", f"must be >= 1, got {lora.r}")
+    if not lora.alpha > 0:
+        raise ConfigError("stage.lora.alpha", f"must be > 0, got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError("stage.lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules:
+        raise ConfigError("stage.lora.target_modules", "empty: list module names such as q_proj, v_proj")
+    for i, name in enumerate(lora.target_modules):
+        if not _MODULE_NAME.fullmatch(name):
+            raise ConfigError(f"stage.lora.target_modules[{i}]",
+                              f"{name!r} is not a module name (letters, digits, _; no dots or patterns)")
+    if len(set(lora.target_modules)) != len(lora.target_modules):
+        raise ConfigError("stage.lora.target_modules", "a name is listed twice")

@@ -3,7 +3,8 @@
 FLOP model (per optimizer step, summed over ranks), with "units" of 2·N·tokens for a forward pass:
   each module m in vision_tower -> dts -> projector -> llm costs  c_m · 2 · N_m · tokens_m  where
   c_m = 3 if m is trainable (forward + activation grads + weight grads), 2 if m is frozen but a
-  trainable module sits before it (forward + activation grads), 1 otherwise (forward only);
+  trainable module sits before it or m trains LoRA adapters only (forward + activation grads),
+  1 otherwise (forward only);
   tokens_m = frames·patches for the vision tower, frames·grid² for DTS, groups·grid² for the
   projector, text+visual sequence tokens for the LLM (N_llm excludes the input embedding table).
 Attention adds c_m · 2 · L · d · S² per sequence of length S (QKᵀ and AV, 2·S²·d each, forward),
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,11 @@ from typing import Any
 ORDER = ("vision_tower", "dts", "projector", "llm")
 
 
-def _factor(name: str, trainable: set[str]) -> int:
-    if name in trainable:
+def _factor(name: str, trainable: set[str], adapted: frozenset[str] = frozenset()) -> int:
+    if name in trainable and name not in adapted:
         return 3
+    if name in adapted:  # LoRA: frozen base weights, activation gradients (adapter FLOPs are negligible)
+        return 2
     upstream = ORDER[: ORDER.index(name)]
     return 2 if any(u in trainable for u in upstream) else 1
 
@@ -44,32 +48,40 @@ class FlopModel:
     llm_layers: int
     llm_hidden: int
     visual_only: bool = False  # DTS pretraining runs vision + DTS (+ decoder) only
+    adapted: frozenset[str] = frozenset()  # parts trained through LoRA adapters (frozen base weights)
 
     def step_flops(self, frames: float, tokens: float, seq_sq_sum: float) -> float:
         """FLOPs of one optimizer step given its frames, tokens and Σ S² of sequences (pass totals
         over all ranks for the step's total, as the trainer does before dividing by world size)."""
-        t = self.trainable
+        t, a = self.trainable, self.adapted
         total = 0.0
-        f_v = _factor("vision_tower", t)
+        f_v = _factor("vision_tower", t, a)
         total += f_v * 2 * self.params["vision_tower"] * frames * self.patches_per_frame
         total += f_v * 2 * self.vision_layers * self.vision_hidden * frames * self.patches_per_frame**2
-        total += _factor("dts", t) * 2 * self.params["dts"] * frames * self.grid_tokens
+        total += _factor("dts", t, a) * 2 * self.params["dts"] * frames * self.grid_tokens
         if self.visual_only:
             dec = self.params.get("dts_decoder", 0)
             return total + 3 * 2 * dec * frames * self.grid_tokens
         groups = frames / self.frames_per_group
-        total += _factor("projector", t) * 2 * self.params["projector"] * groups * self.grid_tokens
-        f_l = _factor("llm", t)
+        total += _factor("projector", t, a) * 2 * self.params["projector"] * groups * self.grid_tokens
+        f_l = _factor("llm", t, a)
         total += f_l * 2 * self.params["llm"] * tokens
         total += f_l * 2 * self.llm_layers * self.llm_hidden * seq_sq_sum
         return total
 
 
-def flop_model_for(train_module: Any, trainable: list[str]) -> FlopModel:
-    """Build the FLOP model from a `TrainModule` (counted before DeepSpeed partitions weights)."""
+def flop_model_for(train_module: Any, trainable: list[str], adapted: Sequence[str] = ()) -> FlopModel:
+    """Build the FLOP model from a `TrainModule` (counted before DeepSpeed partitions weights); parts in
+    `adapted` train LoRA adapters only (factor 2, their adapter parameters are not counted)."""
     model = train_module.model
     cfg = model.config
-    params = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ORDER}
+    from train.lora import adapter_parameter_names
+
+    params = {}
+    for name in ORDER:
+        part = getattr(model, name)
+        adapters = adapter_parameter_names(part)  # base weights only: the adapters' FLOPs are negligible
+        params[name] = sum(p.numel() for n, p in part.named_parameters() if n not in adapters)
     params["llm"] -= model.llm.get_input_embeddings().weight.numel()
     if hasattr(train_module, "dts_decoder"):
         params["dts_decoder"] = sum(p.numel() for p in train_module.dts_decoder.parameters())
@@ -79,7 +91,7 @@ def flop_model_for(train_module: Any, trainable: list[str]) -> FlopModel:
                      vision_layers=vc.num_hidden_layers, vision_hidden=vc.hidden_size,
                      grid_tokens=cfg.interp_grid**2, frames_per_group=cfg.frames_per_group,
                      llm_layers=tc.num_hidden_layers, llm_hidden=tc.hidden_size,
-                     visual_only=train_module.loss_name == "dts_reconstruction")
+                     visual_only=train_module.loss_name == "dts_reconstruction", adapted=frozenset(adapted))
 
 
 def resolve_wandb_mode(configured: str | None) -> str:

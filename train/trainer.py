@@ -9,6 +9,7 @@ exports the model in HF format (train/export.py).
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -216,6 +217,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     from train import build, export
     from train.engine import build_engine, deepspeed_config, init_distributed, read_dist_env
     from train.logging_utils import flop_model_for, resolve_wandb_mode
+    from train.lora import parameter_counts
     from train.optim import build_optimizer, build_schedule, param_groups
 
     dist = read_dist_env()
@@ -235,7 +237,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     calibration = None
     if run.stage.calibrate_projector.batches and resume_path is None:  # a resumed run loads calibrated weights
         calibration = _calibrate_projector(run, module, tokenizer, parts.model_cfg, dist)
-    flops = flop_model_for(module, run.stage.trainable)
+    flops = flop_model_for(module, run.stage.trainable, adapted=run.stage.lora.modules if run.stage.lora else ())
+    params = parameter_counts(module)  # before DeepSpeed partitions them
     trainable = {name: module.trainable_modules()[name] for name in run.stage.trainable}
     groups = param_groups(trainable, run.stage.lr, run.stage.weight_decay)
     optimizer = build_optimizer(groups, tuple(run.loop.adam_betas), run.loop.adam_eps)  # type: ignore[arg-type]
@@ -267,6 +270,11 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                          run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS,
                          feature_cache=parts.train_module.feature_cache)
     result = LoopResult(state=state)
+    logger.event("parameters", state.step, **params)
+    logger.summary({f"parameters/{k}": v for k, v in params.items()})
+    if dist.is_main:
+        print(f"parameters: {params['trainable']:,} trainable of {params['total']:,} "
+              f"({100 * params['trainable'] / max(1, params['total']):.3f}%)", file=sys.stderr, flush=True)
     if resume_path is not None:
         logger.event("resume", state.step, checkpoint=str(resume_path))
     if calibration is not None:
