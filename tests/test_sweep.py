@@ -50,6 +50,7 @@ def check_jobs(root: Path) -> dict[int, dict[int, float]]:
     return losses
 
 
+@pytest.mark.slow
 def test_two_job_sweep_in_one_process(synth: Path, tmp_path: Path) -> None:
     run([sys.executable, *train_args(synth, tmp_path / "sweep", sweep=f"stage.lr.dts={RATES[0]},{RATES[1]}")])
     losses = check_jobs(tmp_path / "sweep")
