@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from train.report import eval_summary, gaps, goals, read_losses, render_markdown
+from train.report import eval_summary, gaps, goals, read_losses, render_markdown, stage_table, with_val_losses
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac=0.0", "data.needle_prob=1.0",
+SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac=0.1", "data.needle_prob=1.0",
          "short_data.videos=6", "short_data.images=6",
          "stages.dts.stage.steps=2", "stages.align.stage.steps=2", "stages.sft.stage.steps=2",
          "stages.long.stage.steps=2", "common.loop.micro_batch_size=2", "common.loop.loader_workers=0",
@@ -72,6 +72,42 @@ def test_losses_come_from_the_stage_logs(demo_out: Path) -> None:
     for s in m["stages"]:
         steps, losses = read_losses(s["output_dir"])
         assert steps == [1, 2] and losses[-1] == pytest.approx(s["final_loss"])
+        val_steps, val = read_losses(s["output_dir"], "val/loss")
+        validates = m["settings"]["stages"][s["stage"]].get("loop", {}).get("eval_every_steps") is not None
+        assert val_steps == ([2] if validates else [])  # the lm stages validate at their last step
+        assert s["final_val_loss"] == (val[-1] if validates else None)
+    assert sum(s["final_val_loss"] is not None for s in m["stages"]) == 3
+
+
+def write_metrics(stage_dir: Path, records: list[dict]) -> None:
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_val_loss_is_plotted_beside_the_training_loss(tmp_path: Path) -> None:
+    from train.report_plots import plot_losses
+
+    train = [{"step": i, "time": 0.0, "loss": 3.0 / i, "grad_norm": 1.0} for i in range(1, 11)]
+    val = [{"step": i, "time": 0.0, "val/loss": 3.5 / i, "val/tokens": 100.0, "val/samples": 9.0} for i in (5, 10)]
+    event = {"event": "projector_calibrated", "step": 0, "time": 0.0}
+    write_metrics(tmp_path / "with" / "sft", [event, *train[:5], val[0], *train[5:], val[1]])
+    write_metrics(tmp_path / "without" / "sft", [event, *train])
+    assert read_losses(tmp_path / "with" / "sft") == read_losses(tmp_path / "without" / "sft") == (
+        list(range(1, 11)), [r["loss"] for r in train])
+    assert read_losses(tmp_path / "with" / "sft", "val/loss") == ([5, 10], [0.7, 0.35])
+    assert read_losses(tmp_path / "without" / "sft", "val/loss") == ([], [])
+    stages = [{"stage": "sft", "steps": 10, "batch": 16, "frames_upbound": 12, "trainable": ["llm"], "lr": {"llm": 1e-3},
+               "first_loss": 3.0, "final_loss": 0.3, "wall_s": 1.0, "output_dir": str(tmp_path / kind / "sft")}
+              for kind in ("with", "without")]
+    rows = with_val_losses(stages)
+    assert [r["final_val_loss"] for r in rows] == [0.35, None]
+    assert stage_table(rows)[2].endswith("| 0.300 | 0.350 | 1.0 |") and stage_table(rows)[3].endswith("| – | 1.0 |")
+    pngs = []
+    for kind, stage in zip(("with", "without"), stages, strict=True):
+        (tmp_path / kind / "plots").mkdir()
+        name = plot_losses(tmp_path / kind / "plots", [stage])
+        pngs.append((tmp_path / kind / "plots" / name).read_bytes())
+    assert all(p[:8] == PNG_MAGIC for p in pngs) and pngs[0] != pngs[1]  # the val curve is drawn
 
 
 def test_summary_matches_the_eval_files(demo_out: Path) -> None:

@@ -1,6 +1,6 @@
-"""Exact resume (2 processes, ZeRO-2, fp32): an uninterrupted run == the same run SIGKILLed after
-step >= K and resumed with resume=auto (per-step losses and final weights identical); SIGTERM
-checkpoints and exits cleanly."""
+"""Exact resume (2 processes, ZeRO-2, fp32, validating every 2 steps): an uninterrupted run == the same run
+SIGKILLed after step >= K and resumed with resume=auto (per-step losses, validation losses and final weights
+identical); SIGTERM checkpoints and exits cleanly."""
 
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ def torchrun_cmd(synth: Path, root: Path, *extra: str) -> list[str]:
             "preset=tiny", "stage.init_from=null", f"output_root={root}", "deepspeed=zero2",
             "deepspeed.precision=fp32", f"loop.max_steps={TOTAL}", "checkpoint.keep_last_k=100",
             "loop.micro_batch_size=2", "loop.grad_accum=2", "loop.loader_workers=1", "logging.tqdm=false",
-            *extra]
+            "loop.eval_every_steps=2", *extra]
+
+
+def last_val_losses(stage_dir: Path) -> dict[int, float]:
+    """Per-step validation loss of a stage's metrics.jsonl (a step logged twice: the last one)."""
+    records = map(json.loads, (stage_dir / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["val/loss"] for r in records if "val/loss" in r}
 
 
 def test_sigkill_then_resume_auto_is_exact(synth: Path, tmp_path: Path) -> None:
@@ -60,6 +66,9 @@ def test_sigkill_then_resume_auto_is_exact(synth: Path, tmp_path: Path) -> None:
     expect, got = last_losses(ref / "dts"), last_losses(cut / "dts")
     assert sorted(expect) == sorted(got) == list(range(1, TOTAL + 1))
     assert got == expect  # bit-identical per-step losses
+    # validation passes (every 2 steps and at the end) neither perturb the run nor depend on the resume
+    assert last_val_losses(cut / "dts") == last_val_losses(ref / "dts")
+    assert sorted(last_val_losses(ref / "dts")) == [2, 4, 6, 8, 10]
     a = load_file(str(ref / "dts" / "export" / "model.safetensors"))
     b = load_file(str(cut / "dts" / "export" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -99,7 +99,8 @@ def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | N
 
 
 def _check_data(run: RunConfig, check_paths: bool) -> None:
-    """The stage's train split has sources and, with `check_paths`, its shard globs match files."""
+    """The stage's train split has sources and, with `check_paths`, its shard globs match files; the val
+    split too when the stage validates (train/validation.py)."""
     from data.mix import resolve_split
 
     cfg = data_config(run)
@@ -111,6 +112,9 @@ def _check_data(run: RunConfig, check_paths: bool) -> None:
             resolve_split(cfg, "train", run.seed)
         except (ValueError, FileNotFoundError) as exc:
             raise data_error(exc, prefix) from exc
+    from train.validation import check_val_split
+
+    check_val_split(run, check_paths)
 
 
 def _count_tasks(src: ResolvedSource, tasks: frozenset[str]) -> int:

@@ -153,6 +153,10 @@ class LoopConfig:
     # MiB of frozen vision tower + DTS outputs memoised per rank (train/feature_cache.py); 0 = off. Only for
     # lm stages that train neither module, below ZeRO-3 (where every rank must run the same modules).
     frozen_feature_cache_mb: int = 0
+    # validation loss on the data mix's val split (train/validation.py) every N optimizer steps and at the end
+    # of the stage; None = off. `eval_max_batches` caps the batches each rank reads per pass (None: the whole split)
+    eval_every_steps: int | None = None
+    eval_max_batches: int | None = None
 
 
 @dataclass
@@ -410,6 +414,9 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("loop.adam_betas", "needs two values")
     if lp.max_steps is not None and lp.max_steps < 1:
         raise ConfigError("loop.max_steps", "must be >= 1")
+    for name in ("eval_every_steps", "eval_max_batches"):
+        if getattr(lp, name) is not None and getattr(lp, name) < 1:
+            raise ConfigError(f"loop.{name}", f"must be >= 1 or null (null: {'off' if name == 'eval_every_steps' else 'the whole val split'}), got {getattr(lp, name)}")
     if lp.frozen_feature_cache_mb < 0:
         raise ConfigError("loop.frozen_feature_cache_mb", "must be >= 0 (0 turns the cache off)")
     if lp.frozen_feature_cache_mb:

@@ -151,6 +151,21 @@ class MetricsLogger:
             else:
                 print(line, file=sys.stderr, flush=True)
 
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """A validation record (`val/...` keys, no `loss` key) at `step`: JSONL file, wandb, one console line."""
+        if not self.is_main or self._file is None:
+            return
+        self._file.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(dict(metrics), step=step)
+        line = f"step {step} " + " ".join(f"{k} {v:.4f}" if k.endswith("loss") else f"{k} {v:.0f}"
+                                          for k, v in metrics.items())
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
     @staticmethod
     def format_line(step: int, m: dict[str, Any]) -> str:
         lrs = " ".join(f"{k[3:]}={v:.2e}" for k, v in m.items() if k.startswith("lr/"))

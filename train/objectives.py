@@ -14,6 +14,7 @@ from torch import nn
 
 from model.dts import group_frames
 from model.pooled_attention import POOLED_SDPA
+from model.sequence import IGNORE_INDEX
 from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
 from model.vision import resample_grid, siglip_features
 from train.config import ChunkedAttentionConfig, MaskingConfig
@@ -51,6 +52,12 @@ class DTSDecoder(nn.Module):
         return self.out(self.norm(h)).reshape(g, self.frames, p, -1)
 
 
+def masked_count(tokens_per_frame: int, mask_ratio: float) -> int:
+    """Tokens `semantic_guided_mask` masks in each frame of `tokens_per_frame` tokens (at least 1, at most all
+    but one)."""
+    return max(1, min(tokens_per_frame - 1, round(mask_ratio * tokens_per_frame)))
+
+
 def semantic_guided_mask(tokens: torch.Tensor, mask_ratio: float, semantic_fraction: float) -> torch.Tensor:
     """Boolean mask (..., P) over tokens (..., P, C): `mask_ratio * P` tokens per frame, of which a
     `semantic_fraction` share are the most salient and the rest drawn uniformly from the others.
@@ -58,7 +65,7 @@ def semantic_guided_mask(tokens: torch.Tensor, mask_ratio: float, semantic_fract
     Saliency = distance of a token from its frame's mean token (distinctive content scores high).
     """
     p = tokens.shape[-2]
-    k = max(1, min(p - 1, round(mask_ratio * p)))
+    k = masked_count(p, mask_ratio)
     k_sem = min(k, round(semantic_fraction * k))
     with torch.no_grad():
         saliency = (tokens - tokens.mean(dim=-2, keepdim=True)).float().norm(dim=-1)
@@ -122,16 +129,28 @@ class TrainModule(nn.Module):
             return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values, pooling=pooling)
         return self.dts_reconstruction(pixel_values)
 
+    def loss_positions(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> int:
+        """How many positions `forward`'s loss is the mean over, for one batch: the supervised next-token
+        targets (labels [B, L] != -100 after the shift, as `lm_loss` selects them) for the lm loss, the masked
+        encoder tokens (frames of pixel_values [N, 3, S, S] x `masked_count` per frame) for dts_reconstruction.
+        Batch loss x this count summed over batches, divided by the summed counts, is the position-weighted
+        mean over all of them (train/validation.py)."""
+        if self.loss_name == "lm":
+            return int((labels[:, 1:] != IGNORE_INDEX).sum())
+        assert self.masking is not None
+        return int(pixel_values.shape[0]) * masked_count(self.model.config.interp_grid**2, self.masking.mask_ratio)
+
     def visibility(self, attention_mask: torch.Tensor, token_kind: torch.Tensor | None,
                    group_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LLM's attention mask and pooled-entry weights (None when there are none).
 
-        Without `chunked_attention`: the [B, L] padding mask. With it, a [B, 1, L, L(+M)] mask in which a
+        Without `chunked_attention`, or in eval mode (validation scores every sample under full causal
+        attention, without random draws): the [B, L] padding mask. With it, a [B, 1, L, L(+M)] mask in which a
         drawn `fraction` of the samples see what chunked prefill shows them and, of those, a drawn
         `bilevel_fraction` decode after the video from bi-level decoding's cache (random dense chunks).
         """
         cfg = self.chunked_attention
-        if cfg is None or cfg.fraction == 0:
+        if cfg is None or cfg.fraction == 0 or not self.training:
             return attention_mask, None
         if token_kind is None or group_index is None:
             raise ValueError("chunked_attention: the batch lacks token_kind/group_index (data.collate adds them)")

@@ -17,16 +17,27 @@ GOALS = {"mcq_accuracy": 0.90, "grounding_miou": 0.50, "needle_accuracy": 0.90}
 MAX_GAP_POINTS = 2.0
 
 
-def read_losses(stage_dir: str | Path) -> tuple[list[int], list[float]]:
-    """(steps, losses) of a stage's metrics.jsonl (event records skipped)."""
+def read_losses(stage_dir: str | Path, key: str = "loss") -> tuple[list[int], list[float]]:
+    """(steps, values) of `key` in a stage's metrics.jsonl: the training loss (`loss`, event and validation
+    records skipped) or the validation loss (`val/loss`, logged every `loop.eval_every_steps`)."""
     steps, losses = [], []
     path = Path(stage_dir) / "metrics.jsonl"
     for line in path.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
-        if "loss" in rec:
+        if key in rec:
             steps.append(int(rec["step"]))
-            losses.append(float(rec["loss"]))
+            losses.append(float(rec[key]))
     return steps, losses
+
+
+def with_val_losses(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage summaries with `final_val_loss` (last `val/loss` of the stage's metrics.jsonl, None when
+    the stage did not validate) added."""
+    out = []
+    for s in stages:
+        _, val = read_losses(s["output_dir"], "val/loss")
+        out.append({**s, "final_val_loss": val[-1] if val else None})
+    return out
 
 
 def eval_summary(per_bench: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -83,7 +94,7 @@ def build_metrics(cfg: DictConfig, manifest: dict[str, Any], stages: list[dict[s
         "seed": int(cfg.seed), "data_seed": int(cfg.data.seed),
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "data": {s: {k: v for k, v in info.items() if k != "shards"} for s, info in manifest["splits"].items()},
-        "stages": stages, "eval": summary, "blind_baseline": blind, "gap_points": gap, "goals": goals(summary, gap),
+        "stages": with_val_losses(stages), "eval": summary, "blind_baseline": blind, "gap_points": gap, "goals": goals(summary, gap),
         "eval_detail": {mode: {b: r["metrics"] for b, r in per.items()} for mode, per in evals.items()},
         "sweep": sweep, "wall_s": walls,
     }
@@ -112,13 +123,13 @@ def _pct(v: Any) -> str:
 
 def stage_table(stages: list[dict[str, Any]]) -> list[str]:
     """Markdown rows of the stages table."""
-    rows = ["| stage | steps | batch | frames ≤ | trainable | lr | first loss | final loss | wall s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| stage | steps | batch | frames ≤ | trainable | lr | first loss | final loss | final val loss | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for s in stages:
         lrs = ", ".join(f"{k} {v:g}" for k, v in s["lr"].items())
         rows.append(f"| {s['stage']} | {s['steps']} | {s['batch']} | {s['frames_upbound']} | "
                     f"{', '.join(s['trainable'])} | {lrs} | {_f(s['first_loss'])} | {_f(s['final_loss'])} | "
-                    f"{s['wall_s']:.1f} |")
+                    f"{_f(s.get('final_val_loss'))} | {s['wall_s']:.1f} |")
     return rows
 
 
@@ -163,7 +174,8 @@ def render_markdown(m: dict[str, Any]) -> str:
               "(training only); splits never share a video.", "",
               "## Training stages", "", *stage_table(m["stages"]), "",
               f"Trained by {m['stages'][0].get('ranks', 1)} rank(s) (`ranks` in conf/demo.yaml); batch is the global "
-              "batch of a step.", "", "![loss curves](loss_curves.png)", "",
+              "batch of a step. Validation loss: the stage's loss over the whole val split (`loop.eval_every_steps` "
+              "in conf/demo.yaml, and at the last step).", "", "![loss curves](loss_curves.png)", "",
               "## Evaluation on the held-out test split", "",
               "`full`: full attention prefill and full KV decoding; `sparse`: chunked prefill + bi-level decoding "
               f"(inference knobs {s['eval']['inference']}).", "", *eval_table(m["eval"], m.get("blind_baseline")), "",

@@ -39,14 +39,19 @@ def _save(fig: Any, plt: Any, out: Path, name: str) -> str:
 
 
 def plot_losses(out: Path, stages: list[dict[str, Any]]) -> str:
-    """One loss-curve panel per stage, from each stage's metrics.jsonl."""
+    """One panel per stage, from each stage's metrics.jsonl: the training loss per step and, when the stage
+    validated, the validation loss (`val/loss`) at its steps."""
     from train.report import read_losses
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 2.8), squeeze=False)
     for ax, s in zip(axes[0], stages, strict=True):
         steps, losses = read_losses(s["output_dir"])
-        ax.plot(steps, losses, lw=1.0)
+        ax.plot(steps, losses, lw=1.0, label="train")
+        val_steps, val_losses = read_losses(s["output_dir"], "val/loss")
+        if val_steps:
+            ax.plot(val_steps, val_losses, "o-", lw=1.2, ms=3, label="val")
+            ax.legend(fontsize=7)
         ax.set_title(f"{s['stage']} ({'dts recon.' if s['stage'] == 'dts' else 'LM'})")
         ax.set_xlabel("step")
         ax.set_yscale("log")

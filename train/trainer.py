@@ -219,6 +219,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     from train.logging_utils import flop_model_for, resolve_wandb_mode
     from train.lora import parameter_counts
     from train.optim import build_optimizer, build_schedule, param_groups
+    from train.validation import build_validator
 
     dist = read_dist_env()
     model_cfg, tokenizer = build.check_run(run)  # all config errors surface here, before any compute
@@ -250,6 +251,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     from data.faults import REASONS
 
     loader = _train_loader(run, tokenizer, parts.model_cfg, dist, num_workers=run.loop.loader_workers, loop=True)
+    validator = build_validator(run, tokenizer, parts.model_cfg, dist, dev)  # None unless loop.eval_every_steps
     state = LoopState()
     if resume_path is not None:
         trainer_state, loader_state = ckpt.load_checkpoint(engine, resume_path, dist.rank)
@@ -286,6 +288,11 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
         ckpt.save_checkpoint(engine, ckpt_root, state.step, state.to_dict(), loader.state_dict(), dist.rank,
                              run.checkpoint.keep_last_k)
 
+    def validate() -> None:
+        assert validator is not None
+        logger.log_eval(state.step, validator.run(engine).metrics())
+
+    every_eval = run.loop.eval_every_steps or steps_total
     batches = iter(loader)
     try:
         with StopRequest() as stop:
@@ -294,6 +301,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                 result.losses.append(metrics["loss"])
                 logger.log(state.step, metrics)
                 last = state.step >= steps_total
+                if validator is not None and (last or state.step % every_eval == 0):  # before a checkpoint
+                    validate()
                 if not last and _stop_agreed(stop, dev):  # on the last step, finish and export instead
                     save()
                     logger.event("signal_stop", state.step, signal=stop.signum)
@@ -313,4 +322,5 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                                                                       "trainable": run.stage.trainable})
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+    engine.destroy()  # release the engine's hooks and buffers: the next job of a sweep builds its own
     return result
