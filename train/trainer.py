@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.faults import metric_name
 from train import checkpoint as ckpt
 from train.config import RunConfig
 from train.engine import DistEnv, all_reduce_max, all_reduce_sum
@@ -163,7 +164,7 @@ class StepLoop:
             metrics["grad_norm"] = float(gnorm)
         metrics.update(lrs)
         for reason, count in zip(reasons, skipped_total, strict=True):
-            metrics[f"skipped/{reason}"] = count
+            metrics[metric_name(reason)] = count  # skipped/<reason>, or decoder/<name> (samples it read)
         cache = self.feature_cache
         if cache is not None:  # this rank's memo of frozen vision + DTS outputs
             metrics["feature_cache/hit_rate"] = cache.hits / max(1, cache.hits + cache.misses)
@@ -282,7 +283,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     try:
         with StopRequest() as stop:
             while state.step < steps_total:
-                metrics = step_loop.one_step(batches, state, loader.skipped)
+                metrics = step_loop.one_step(batches, state, loader.counts())
                 result.losses.append(metrics["loss"])
                 logger.log(state.step, metrics)
                 last = state.step >= steps_total
