@@ -280,7 +280,7 @@ def _worker_init(_: int) -> None:
 
 class VideoLoader:
     """Iterates contract batches; ``state_dict``/``load_state_dict`` for exact resume; ``skipped``
-    (reason -> samples skipped) and ``decoded`` (video decoder -> samples it read); :meth:`counts`.
+    (reason -> samples skipped) and ``decoded`` (video decoder -> samples it read); :attr:`counts`.
 
     ``loop=True``: endless stream (each source loops over its own epochs). ``loop=False``: one pass
     over epoch :attr:`epoch`; a completed pass moves to the next epoch (new shuffle).
@@ -341,11 +341,13 @@ class VideoLoader:
         """JSON-serialisable position of this rank's stream (plus fault counts)."""
         return {"version": STATE_VERSION, "fingerprint": self.plan.fingerprint, "epoch": self.epoch,
                 "batches": self.batches, "next": self._next, "done": list(self._done),
-                "workers": copy.deepcopy(self._states), "skipped": self.counts()}
+                "workers": copy.deepcopy(self._states), "skipped": dict(self.counts)}
 
-    def counts(self) -> dict[str, int]:
-        """``skipped`` then ``decoder/<name>`` -> samples that decoder read (the keys every rank logs)."""
-        return {**self.skipped, **{decoder_key(k): v for k, v in self.decoded.items()}}
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """Live read-only view: ``skipped``, then ``decoder/<name>`` -> samples that decoder read (the
+        keys every rank logs; it follows the loader as batches are drawn)."""
+        return _CountsView(self)
 
     def _merge(self, delta: Mapping[str, int]) -> None:
         """Add count deltas (fault reasons and ``decoder/<name>`` keys) to ``skipped`` / ``decoded``."""
@@ -374,6 +376,25 @@ class VideoLoader:
         self.skipped = dict.fromkeys(REASONS, 0)
         self.decoded = dict.fromkeys((d.name for d in self.plan.options.decoders), 0)
         self._merge({str(k): int(v) for k, v in state["skipped"].items()})
+
+
+class _CountsView(Mapping[str, int]):
+    """:attr:`VideoLoader.counts`: the loader's ``skipped`` then ``decoded`` (as ``decoder/<name>``)."""
+
+    def __init__(self, loader: VideoLoader) -> None:
+        self._loader = loader
+
+    def __getitem__(self, key: str) -> int:
+        if key.startswith(DECODER_PREFIX):
+            return self._loader.decoded[key[len(DECODER_PREFIX):]]
+        return self._loader.skipped[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._loader.skipped
+        yield from (decoder_key(name) for name in self._loader.decoded)
+
+    def __len__(self) -> int:
+        return len(self._loader.skipped) + len(self._loader.decoded)
 
 
 def _model_field(model_cfg: Any, name: str) -> Any:

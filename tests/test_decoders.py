@@ -165,7 +165,7 @@ def test_loader_decoders_conversations_and_faults(shards: Path) -> None:
     assert sorted(batch["sample_ids"]) == ["k0", "k1", "k2", "k3", "k4"]
     assert {k: v for k, v in loader.skipped.items() if v} == {"empty_answer": 2, "unsupported_codec": 1}
     assert loader.decoded == {"decord": 3, "pyav": 2}
-    assert loader.counts()["decoder/pyav"] == 2 and loader.state_dict()["skipped"]["decoder/decord"] == 3
+    assert loader.counts["decoder/pyav"] == 2 and loader.state_dict()["skipped"]["decoder/decord"] == 3
     again = build_loader(cfg, tok, mcfg, split="val", batch_size=8, num_workers=0, frames_upbound=8)
     again.load_state_dict(loader.state_dict())
     assert again.decoded == loader.decoded and again.skipped == loader.skipped

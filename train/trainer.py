@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ class StepLoop:
         return out
 
     def one_step(self, batches: Iterator[dict[str, Any]], state: LoopState,
-                 skipped: dict[str, int]) -> dict[str, float]:
+                 skipped: Mapping[str, int]) -> dict[str, float]:
         """Run micro-batches until one optimizer step is taken; return its metrics."""
         t0 = time.perf_counter()
         lrs = self._group_lrs()  # the rates this step applies
@@ -283,7 +283,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     try:
         with StopRequest() as stop:
             while state.step < steps_total:
-                metrics = step_loop.one_step(batches, state, loader.counts())
+                metrics = step_loop.one_step(batches, state, loader.counts)
                 result.losses.append(metrics["loss"])
                 logger.log(state.step, metrics)
                 last = state.step >= steps_total
