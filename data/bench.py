@@ -1,11 +1,12 @@
 """Loader throughput against the physical floor: raw decord decoding of the same frames.
 
 ``python -m data.bench --shards GLOB --workers K --batches B [--batch-size 4 --frames-upbound 16
---fps-upbound 4 --model tiny --tokenizer tiny]``
+--fps-upbound 4 --model tiny --tokenizer tiny --decode-timeout-s S]``
 
 Runs the loader (looping, ``K`` workers) for ``B`` batches and times it; then, in this process,
 decodes exactly the frames those batches held (same samples, same sampled indices: decord
-``get_batch`` on in-memory bytes (PyAV for a video decord cannot read), PIL for images) and times that. Prints samples/s, frames/s and
+``get_batch`` on in-memory bytes (PyAV for a video decord cannot read), PIL for images) and times
+that. Prints samples/s, frames/s and
 ``ratio = loader wall time / raw decode time`` (the raw decode is serial on one core, so with K > 1
 workers the ratio can be below 1). ``steady`` excludes the loader start-up (first batch).
 With ``--repeats R`` both measurements alternate R times and the fastest of each is reported, which
@@ -96,11 +97,13 @@ def _raw_decode(raw: RawSample, frames_upbound: int, fps_upbound: float | None, 
 
 
 def run_bench(shards_glob: str, workers: int, batches: int, batch_size: int, frames_upbound: int,
-              fps_upbound: float | None, model: str, tokenizer: str) -> BenchResult:
-    """Time the loader, then the raw decode of the same frames."""
+              fps_upbound: float | None, model: str, tokenizer: str,
+              decode_timeout_s: float | None = None) -> BenchResult:
+    """Time the loader (with ``data.decode_timeout_s = decode_timeout_s``), then the raw decode of the
+    same frames."""
     from model import build_preset, load_tokenizer
 
-    cfg = {"root": "", "train": [{"shards": shards_glob}], "shuffle_buffer": 64}
+    cfg = {"root": "", "train": [{"shards": shards_glob}], "shuffle_buffer": 64, "decode_timeout_s": decode_timeout_s}
     loader = build_loader(cfg, load_tokenizer(tokenizer), build_preset(model), split="train",
                           batch_size=batch_size, num_workers=workers, frames_upbound=frames_upbound,
                           fps_upbound=fps_upbound, max_length=None, loop=True)
@@ -170,9 +173,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="tiny", help="model preset (image_size, tokens per group)")
     p.add_argument("--tokenizer", default="tiny")
     p.add_argument("--repeats", type=int, default=3, help="alternate both measurements; report the best")
+    p.add_argument("--decode-timeout-s", type=float, default=None,
+                   help="the loader's data.decode_timeout_s (default: none)")
     args = p.parse_args(argv)
     runs = [run_bench(args.shards, args.workers, args.batches, args.batch_size, args.frames_upbound,
-                      args.fps_upbound, args.model, args.tokenizer) for _ in range(max(1, args.repeats))]
+                      args.fps_upbound, args.model, args.tokenizer, args.decode_timeout_s)
+            for _ in range(max(1, args.repeats))]
     res = best_of(runs)
     print(f"loader {len(runs)} runs: " + ", ".join(f"{r.loader_s:.3f}" for r in runs) + " s; raw: "
           + ", ".join(f"{r.raw_s:.3f}" for r in runs) + " s")
