@@ -1,11 +1,12 @@
 """Loader throughput against the physical floor: raw decord decoding of the same frames.
 
 ``python -m data.bench --shards GLOB --workers K --batches B [--batch-size 4 --frames-upbound 16
---fps-upbound 4 --model tiny --tokenizer tiny]``
+--fps-upbound 4 --model tiny --tokenizer tiny --decode-timeout-s S]``
 
 Runs the loader (looping, ``K`` workers) for ``B`` batches and times it; then, in this process,
 decodes exactly the frames those batches held (same samples, same sampled indices: decord
-``get_batch`` on in-memory bytes, PIL for images) and times that. Prints samples/s, frames/s and
+``get_batch`` on in-memory bytes (PyAV for a video decord cannot read), PIL for images) and times
+that. Prints samples/s, frames/s and
 ``ratio = loader wall time / raw decode time`` (the raw decode is serial on one core, so with K > 1
 workers the ratio can be below 1). ``steady`` excludes the loader start-up (first batch).
 With ``--repeats R`` both measurements alternate R times and the fastest of each is reported, which
@@ -23,6 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from data.decoders import DecodeError, DecordDecoder
 from data.loader import build_loader
 from data.sampling import VideoBytes, read_image, sample_video_frames
 from data.shards import IMAGE_KEYS, VIDEO_KEYS, RawSample, iter_shard
@@ -75,11 +79,17 @@ def _raw_decode(raw: RawSample, frames_upbound: int, fps_upbound: float | None, 
     rec = json.loads(raw.members["json"])
     if "video" in rec:
         data = next(raw.members[k] for k in VIDEO_KEYS if k in raw.members)
-        video = VideoBytes(data, raw.key)
+        try:  # decord alone, without the loader's decoder chain: the floor the loader is measured against
+            video: Any = DecordDecoder().open(data, raw.key)
+        except DecodeError:
+            video = VideoBytes(data, raw.key)
         sample = sample_video_frames(video.num_frames, video.avg_fps, frames_upbound=frames_upbound,
                                      fps_upbound=fps_upbound, scale=rec.get("scale"))
-        _, inverse = video.read_unique(sample.indices[:expect])
-        return int(inverse.shape[0])
+        unique = np.unique(np.asarray(sample.indices[:expect], dtype=np.int64))
+        frames = video.read(unique.tolist())
+        if frames.shape[0] != unique.shape[0]:
+            raise RuntimeError(f"sample {raw.key}: decoded {frames.shape[0]} frames for {unique.shape[0]} indices")
+        return len(sample.indices[:expect])
     if "image" in rec:
         read_image(next(raw.members[k] for k in IMAGE_KEYS if k in raw.members), raw.key)
         return expect
@@ -87,11 +97,13 @@ def _raw_decode(raw: RawSample, frames_upbound: int, fps_upbound: float | None, 
 
 
 def run_bench(shards_glob: str, workers: int, batches: int, batch_size: int, frames_upbound: int,
-              fps_upbound: float | None, model: str, tokenizer: str) -> BenchResult:
-    """Time the loader, then the raw decode of the same frames."""
+              fps_upbound: float | None, model: str, tokenizer: str,
+              decode_timeout_s: float | None = None) -> BenchResult:
+    """Time the loader (with ``data.decode_timeout_s = decode_timeout_s``), then the raw decode of the
+    same frames."""
     from model import build_preset, load_tokenizer
 
-    cfg = {"root": "", "train": [{"shards": shards_glob}], "shuffle_buffer": 64}
+    cfg = {"root": "", "train": [{"shards": shards_glob}], "shuffle_buffer": 64, "decode_timeout_s": decode_timeout_s}
     loader = build_loader(cfg, load_tokenizer(tokenizer), build_preset(model), split="train",
                           batch_size=batch_size, num_workers=workers, frames_upbound=frames_upbound,
                           fps_upbound=fps_upbound, max_length=None, loop=True)
@@ -161,9 +173,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="tiny", help="model preset (image_size, tokens per group)")
     p.add_argument("--tokenizer", default="tiny")
     p.add_argument("--repeats", type=int, default=3, help="alternate both measurements; report the best")
+    p.add_argument("--decode-timeout-s", type=float, default=None,
+                   help="the loader's data.decode_timeout_s (default: none)")
     args = p.parse_args(argv)
     runs = [run_bench(args.shards, args.workers, args.batches, args.batch_size, args.frames_upbound,
-                      args.fps_upbound, args.model, args.tokenizer) for _ in range(max(1, args.repeats))]
+                      args.fps_upbound, args.model, args.tokenizer, args.decode_timeout_s)
+            for _ in range(max(1, args.repeats))]
     res = best_of(runs)
     print(f"loader {len(runs)} runs: " + ", ".join(f"{r.loader_s:.3f}" for r in runs) + " s; raw: "
           + ", ".join(f"{r.raw_s:.3f}" for r in runs) + " s")

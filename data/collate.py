@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.decoders import DEFAULT_DECODERS, VideoDecoder
 from data.faults import (
     BAD_CONVERSATION,
     BAD_JSON,
     BAD_RECORD,
+    EMPTY_ANSWER,
     MISSING_JSON,
     MISSING_KEY,
     MISSING_MEDIA,
@@ -29,7 +31,14 @@ from data.faults import (
 from data.sampling import FrameSample, VideoBytes, read_image, sample_image_frames, sample_video_frames
 from data.shards import IMAGE_KEYS, VIDEO_KEYS, RawSample
 from model.processing import preprocess_frames
-from model.sequence import IGNORE_INDEX, ChatTokenizer, NoSupervisedTokens, TokenKind, build_sequence
+from model.sequence import (
+    IGNORE_INDEX,
+    ChatTokenizer,
+    EmptyAnswer,
+    NoSupervisedTokens,
+    TokenKind,
+    build_sequence,
+)
 
 
 @dataclass
@@ -44,6 +53,7 @@ class DecodedSample:
     timestamps: list[float]  # one per group ([] for images and text-only)
     token_kind: torch.Tensor  # LongTensor[L] of model.sequence.TokenKind
     group_index: torch.Tensor  # LongTensor[L]: visual group of each token (-1 outside)
+    decoder: str | None = None  # the video decoder that read the frames ("decord", "pyav"); None otherwise
 
 
 def collate(samples: list[DecodedSample], pad_token_id: int, image_size: int) -> dict[str, Any]:
@@ -97,6 +107,7 @@ class SampleOptions:
     fps_upbound: float | None
     max_length: int | None
     tasks: frozenset[str] | None  # keep only these tasks (None keeps all)
+    decoders: tuple[VideoDecoder, ...] = DEFAULT_DECODERS  # tried in order (data.sampling.VideoBytes)
 
 
 def parse_record(raw: RawSample) -> dict[str, Any]:
@@ -144,7 +155,7 @@ def decode_sample(raw: RawSample, opts: SampleOptions) -> DecodedSample | None:
     frames: FrameSample | None = None
     if "video" in rec:
         ext, data = _media(raw, VIDEO_KEYS, "video")
-        video = VideoBytes(data, f"{raw.shard}:{raw.key}.{ext}")
+        video = VideoBytes(data, f"{raw.shard}:{raw.key}.{ext}", opts.decoders)
         frames = sample_video_frames(video.num_frames, video.avg_fps, frames_upbound=opts.frames_upbound,
                                      fps_upbound=opts.fps_upbound, scale=rec.get("scale"),
                                      group=opts.frames_per_group)
@@ -160,6 +171,8 @@ def decode_sample(raw: RawSample, opts: SampleOptions) -> DecodedSample | None:
                                max_length=opts.max_length)
     except NoSupervisedTokens as exc:
         raise SampleFault(NO_SUPERVISED_TOKENS, f"{raw.shard}:{raw.key}: {exc}") from exc
+    except EmptyAnswer as exc:
+        raise SampleFault(EMPTY_ANSWER, f"{raw.shard}:{raw.key}.json: {exc}") from exc
     except ValueError as exc:
         raise SampleFault(BAD_CONVERSATION, f"{raw.shard}:{raw.key}.json: {exc}") from exc
     kept = built.num_groups * opts.frames_per_group
@@ -174,4 +187,5 @@ def decode_sample(raw: RawSample, opts: SampleOptions) -> DecodedSample | None:
         pixels = preprocess_frames(uint8, opts.image_size, opts.mean, opts.std)[torch.from_numpy(inverse)]
     return DecodedSample(sample_id=str(rec["id"]), task=task, input_ids=built.input_ids, labels=built.labels,
                          pixel_values=pixels, timestamps=list(group_ts[:built.num_groups]) if group_ts else [],
-                         token_kind=built.token_kind, group_index=built.group_index)
+                         token_kind=built.token_kind, group_index=built.group_index,
+                         decoder=video.decoder if video is not None and kept > 0 else None)

@@ -2,7 +2,8 @@
 
 A broken sample is skipped and counted under one reason; the first occurrence of each reason is
 logged (once per process). Counts travel from loader workers to the main process as deltas
-(:meth:`FaultCounter.take_delta`), where :func:`merge_counts` aggregates them.
+(:meth:`FaultCounter.take_delta`), where :func:`merge_counts` aggregates them. The same counter
+also counts, under ``decoder/<name>``, which video decoder read each sample (:meth:`FaultCounter.note`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,32 @@ MISSING_KEY = "missing_key"  # a required field (id, conversations) is absent
 BAD_RECORD = "bad_record"  # a field has the wrong type / value
 MISSING_MEDIA = "missing_media"  # json names a video/image but the shard holds no such bytes
 EMPTY_MEDIA = "empty_media"  # zero-byte video or image
-BAD_VIDEO = "bad_video"  # bytes that decord cannot open/decode (truncated mp4, non-video bytes)
+BAD_VIDEO = "bad_video"  # bytes no decoder can open/decode (truncated mp4, non-video bytes)
+UNSUPPORTED_CODEC = "unsupported_codec"  # a video whose codec none of the decoders has
+DECODE_TIMEOUT = "decode_timeout"  # decoding the sample took longer than data.decode_timeout_s
 BAD_IMAGE = "bad_image"  # bytes that PIL cannot decode
 BAD_CONVERSATION = "bad_conversation"  # build_sequence rejected the conversations
+EMPTY_ANSWER = "empty_answer"  # an assistant turn is empty or whitespace only
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # truncation left nothing to learn
 # Not a skip: a member under a key outside the known set was ignored (never read nor decoded).
 UNKNOWN_KEY = "unknown_key"
 
 REASONS: tuple[str, ...] = (BAD_SHARD, MISSING_JSON, BAD_JSON, MISSING_KEY, BAD_RECORD, MISSING_MEDIA,
-                            EMPTY_MEDIA, BAD_VIDEO, BAD_IMAGE, BAD_CONVERSATION, NO_SUPERVISED_TOKENS,
-                            UNKNOWN_KEY)
+                            EMPTY_MEDIA, BAD_VIDEO, UNSUPPORTED_CODEC, DECODE_TIMEOUT, BAD_IMAGE,
+                            BAD_CONVERSATION, EMPTY_ANSWER, NO_SUPERVISED_TOKENS, UNKNOWN_KEY)
+
+# Not skips either: how many samples each video decoder read (``decoder/<name>``).
+DECODER_PREFIX = "decoder/"
+
+
+def decoder_key(name: str) -> str:
+    """The count key of samples whose video decoder ``name`` read (``decoder/pyav``)."""
+    return DECODER_PREFIX + name
+
+
+def metric_name(key: str) -> str:
+    """The logged metric of a count key: ``skipped/<reason>``, or the key itself for ``decoder/*``."""
+    return key if key.startswith(DECODER_PREFIX) else f"skipped/{key}"
 
 
 class SampleFault(Exception):
@@ -60,6 +77,12 @@ class FaultCounter:
             self._logged.add(reason)
             logger.warning("data fault %s at %s: %s (further %s faults are counted, not logged)",
                            reason, where, detail, reason)
+
+    def note(self, key: str) -> None:
+        """Count one sample under a non-fault key (``decoder/<name>``); nothing is logged."""
+        if not key.startswith(DECODER_PREFIX):
+            raise ValueError(f"unknown count key {key!r}")
+        self._delta[key] += 1  # not in ``total``, which counts faults only
 
     def take_delta(self) -> dict[str, int]:
         """Counts added since the last call (and reset them)."""

@@ -10,8 +10,10 @@ Data flow per *logical worker* ``g`` of ``n = world_size * num_workers`` (``g = 
    because of shard counts alone;
 3. raw samples (bytes, undecoded) pass a seeded shuffle buffer; sources are interleaved
    deterministically in proportion to their weights;
-4. only then is a sample decoded (:func:`data.collate.decode_sample`); broken ones are skipped
-   and counted; batches are collated inside the worker.
+4. only then is a sample decoded (:func:`data.collate.decode_sample`; videos by decord, else PyAV,
+   see :mod:`data.decoders`), within ``data.decode_timeout_s`` seconds when that is set
+   (:mod:`data.watchdog`); broken or timed-out ones are skipped and counted; batches are collated
+   inside the worker.
 
 Exact resume: a worker's stream is a pure function of (plan, epoch), so its state is, per source,
 ``{epoch, pos, taken, active}`` (``pos`` raw samples consumed in that source-epoch). Each batch
@@ -23,7 +25,8 @@ worker roles so the next batch comes from the right worker.
 Fault counts: each batch (and a final per-worker end marker) carries the worker's count deltas; the
 main process adds them to :attr:`VideoLoader.skipped` (reason -> count for every reason of
 :data:`data.faults.REASONS`, zeros included, always in that order, so that ranks can all-reduce the
-values list element-wise); it is part of the state dict. Counts are per rank.
+values list element-wise) and to :attr:`VideoLoader.decoded` (decoder name -> samples whose frames it
+read, for every decoder of the chain); both are part of the state dict. Counts are per rank.
 """
 
 from __future__ import annotations
@@ -42,9 +45,19 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.collate import DecodedSample, SampleOptions, collate, decode_sample
-from data.faults import BAD_SHARD, REASONS, UNKNOWN_KEY, FaultCounter, SampleFault, merge_counts
+from data.decoders import DEFAULT_DECODERS, VideoDecoder
+from data.faults import (
+    BAD_SHARD,
+    DECODER_PREFIX,
+    REASONS,
+    UNKNOWN_KEY,
+    FaultCounter,
+    SampleFault,
+    decoder_key,
+)
 from data.mix import DataConfig, ResolvedSource, resolve_split
 from data.shards import SHARD_READ_ERRORS, RawSample
+from data.watchdog import call_with_timeout
 from model.sequence import ChatTokenizer
 
 STATE_VERSION = 1
@@ -64,6 +77,7 @@ class StreamPlan:
     loop: bool
     pad_token_id: int
     options: SampleOptions
+    decode_timeout_s: float | None = None  # per-sample decode limit (data.decode_timeout_s); None: none
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -233,12 +247,15 @@ class ShardStreamDataset(IterableDataset):
             if raw.ignored:
                 faults.add(UNKNOWN_KEY, f"{raw.shard}:{raw.key}", f"ignored members {raw.ignored}")
             try:
-                sample = decode_sample(raw, opts)
+                sample = call_with_timeout(functools.partial(decode_sample, raw, opts), self.plan.decode_timeout_s,
+                                           f"{raw.shard}:{raw.key}")
             except SampleFault as fault:
                 faults.add(fault.reason, f"{raw.shard}:{raw.key}", str(fault))
                 continue
             if sample is None:
                 continue
+            if sample.decoder is not None:
+                faults.note(decoder_key(sample.decoder))
             epochs_at_last_keep = [st["epoch"] for st in stream.state["sources"]]
             pending.append(sample)
             if len(pending) == self.plan.batch_size:
@@ -262,7 +279,8 @@ def _worker_init(_: int) -> None:
 
 
 class VideoLoader:
-    """Iterates contract batches; ``state_dict``/``load_state_dict`` for exact resume; ``skipped``.
+    """Iterates contract batches; ``state_dict``/``load_state_dict`` for exact resume; ``skipped``
+    (reason -> samples skipped) and ``decoded`` (video decoder -> samples it read); :attr:`counts`.
 
     ``loop=True``: endless stream (each source loops over its own epochs). ``loop=False``: one pass
     over epoch :attr:`epoch`; a completed pass moves to the next epoch (new shuffle).
@@ -272,6 +290,7 @@ class VideoLoader:
         self.plan = plan
         self.num_workers = num_workers
         self.skipped: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.decoded: dict[str, int] = dict.fromkeys((d.name for d in plan.options.decoders), 0)
         self.epoch = 0
         self.batches = 0
         self._reset_pass()
@@ -306,7 +325,7 @@ class VideoLoader:
                                        worker_init_fn=_worker_init, persistent_workers=False))
         for msg in messages:
             w = int(msg["worker"])
-            merge_counts(self.skipped, msg["skipped"])
+            self._merge(msg["skipped"])
             self._states[w] = msg["state"]
             if msg.get("end"):
                 self._done[w] = True
@@ -322,7 +341,22 @@ class VideoLoader:
         """JSON-serialisable position of this rank's stream (plus fault counts)."""
         return {"version": STATE_VERSION, "fingerprint": self.plan.fingerprint, "epoch": self.epoch,
                 "batches": self.batches, "next": self._next, "done": list(self._done),
-                "workers": copy.deepcopy(self._states), "skipped": dict(self.skipped)}
+                "workers": copy.deepcopy(self._states), "skipped": dict(self.counts)}
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """Live read-only view: ``skipped``, then ``decoder/<name>`` -> samples that decoder read (the
+        keys every rank logs; it follows the loader as batches are drawn)."""
+        return _CountsView(self)
+
+    def _merge(self, delta: Mapping[str, int]) -> None:
+        """Add count deltas (fault reasons and ``decoder/<name>`` keys) to ``skipped`` / ``decoded``."""
+        for key, n in delta.items():
+            if key.startswith(DECODER_PREFIX):
+                name = key[len(DECODER_PREFIX):]
+                self.decoded[name] = self.decoded.get(name, 0) + int(n)
+            else:
+                self.skipped[key] = self.skipped.get(key, 0) + int(n)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`; the plan (shards, seed, ranks, workers, ...) must match."""
@@ -340,7 +374,27 @@ class VideoLoader:
         self._done = [bool(d) for d in state["done"]]
         self._states = copy.deepcopy(list(workers))
         self.skipped = dict.fromkeys(REASONS, 0)
-        merge_counts(self.skipped, {str(k): int(v) for k, v in state["skipped"].items()})
+        self.decoded = dict.fromkeys((d.name for d in self.plan.options.decoders), 0)
+        self._merge({str(k): int(v) for k, v in state["skipped"].items()})
+
+
+class _CountsView(Mapping[str, int]):
+    """:attr:`VideoLoader.counts`: the loader's ``skipped`` then ``decoded`` (as ``decoder/<name>``)."""
+
+    def __init__(self, loader: VideoLoader) -> None:
+        self._loader = loader
+
+    def __getitem__(self, key: str) -> int:
+        if key.startswith(DECODER_PREFIX):
+            return self._loader.decoded[key[len(DECODER_PREFIX):]]
+        return self._loader.skipped[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._loader.skipped
+        yield from (decoder_key(name) for name in self._loader.decoded)
+
+    def __len__(self) -> int:
+        return len(self._loader.skipped) + len(self._loader.decoded)
 
 
 def _model_field(model_cfg: Any, name: str) -> Any:
@@ -365,12 +419,15 @@ def build_loader(
     max_length: int | None = None,
     loop: bool | None = None,
     tasks: Sequence[str] | None = None,
+    decoders: Sequence[VideoDecoder] = DEFAULT_DECODERS,
 ) -> VideoLoader:
     """Build the loader of ``split`` for one rank (see the module docstring for the data flow).
 
     ``model_cfg`` supplies image_size, tokens_per_group, frames_per_group, image_mean/std and
     vision_pad_token_id (checked against the tokenizer). ``loop`` defaults to True for train.
     ``tasks``: keep only samples whose json ``task`` is listed (e.g. ``["caption"]`` for alignment).
+    ``decoders``: the video decoder chain (:mod:`data.decoders`; objects with ``name`` and ``open``,
+    picklable for loader worker processes); the time limit is ``data_cfg.decode_timeout_s``.
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
     if batch_size < 1:
@@ -399,11 +456,14 @@ def build_loader(
         fps_upbound=fps_upbound,
         max_length=max_length,
         tasks=frozenset(tasks) if tasks is not None else None,
+        decoders=tuple(decoders),
     )
+    if not options.decoders:
+        raise ValueError("decoders: need at least one video decoder")
     plan = StreamPlan(
         sources=tuple(resolve_split(cfg, split, seed)), seed=int(seed), rank=int(rank),
         world_size=int(world_size), num_workers=max(1, num_workers), shuffle_buffer=cfg.shuffle_buffer,
         batch_size=int(batch_size), loop=(split == "train") if loop is None else bool(loop),
-        pad_token_id=int(pad_id), options=options,
+        pad_token_id=int(pad_id), options=options, decode_timeout_s=cfg.decode_timeout_s,
     )
     return VideoLoader(plan, num_workers)

@@ -107,18 +107,24 @@ class DataSource:
 
 @dataclass
 class DataConfig:
-    """A data mix: per-split sources, a root for relative globs, and the sample shuffle buffer."""
+    """A data mix: per-split sources, a root for relative globs, the sample shuffle buffer, and the
+    per-sample decode time limit in seconds (``decode_timeout_s``, None = no limit; a sample whose
+    decoding takes longer is skipped and counted as ``decode_timeout``, see :mod:`data.watchdog`)."""
 
     root: str = ""
     train: list[DataSource] = field(default_factory=list)
     val: list[DataSource] = field(default_factory=list)
     test: list[DataSource] = field(default_factory=list)
     shuffle_buffer: int = 256
+    decode_timeout_s: float | None = None
 
     def validate(self) -> None:
-        """Check every field (strategy strings, weights, buffer size); errors name the field."""
+        """Check every field (strategy strings, weights, buffer size, time limit); errors name the field."""
         if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
             raise ValueError(f"data.shuffle_buffer: must be an int >= 1, got {self.shuffle_buffer!r}")
+        t = self.decode_timeout_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0):
+            raise ValueError(f"data.decode_timeout_s: must be a number of seconds > 0 or null (no limit), got {t!r}")
         for split in SPLITS:
             for i, src in enumerate(self.sources(split)):
                 src.validate(f"data.{split}[{i}]")
@@ -135,7 +141,7 @@ class DataConfig:
             data = OmegaConf.to_container(data, resolve=True)  # type: ignore[assignment]
         if not isinstance(data, Mapping):
             raise ValueError(f"data: must be a mapping, got {type(data).__name__}")
-        allowed = {"root", "shuffle_buffer", *SPLITS}
+        allowed = {"root", "shuffle_buffer", "decode_timeout_s", *SPLITS}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ValueError(f"data: unknown fields {unknown}; allowed {sorted(allowed)}")
@@ -156,7 +162,7 @@ class DataConfig:
                 srcs.append(DataSource(**dict(item)))
             splits[split] = srcs
         cfg = cls(root=str(data.get("root", "") or ""), shuffle_buffer=data.get("shuffle_buffer", 256),
-                  **splits)
+                  decode_timeout_s=data.get("decode_timeout_s"), **splits)
         cfg.validate()
         return cfg
 

@@ -16,8 +16,11 @@ The rule (``n`` is the number of frames sampled at ~1 fps):
 Images become a 4-frame pseudo-video: indices ``[0, 0, 0, 0]`` and no timestamps. A group's
 timestamp is that of its first frame (`model.sequence.timestamps_for_groups`).
 
-Decoding reads videos with ``decord.VideoReader`` over in-memory bytes and fetches only the sampled
-frames with one ``get_batch`` (each distinct index once); images are decoded with PIL.
+Decoding (:class:`VideoBytes`) reads videos from memory with decord, falling back to PyAV for what
+decord cannot open or decode (:mod:`data.decoders`), and fetches only the sampled frames (each
+distinct index once); images are decoded with PIL. The rule above and the timestamps are the same
+whichever decoder reads the file; the frame rate when the metadata has none is
+:func:`data.decoders.resolve_fps`'s.
 """
 
 from __future__ import annotations
@@ -26,16 +29,23 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import decord
 import numpy as np
 from PIL import Image
 
-from data.faults import BAD_IMAGE, BAD_VIDEO, EMPTY_MEDIA, SampleFault
+from data.decoders import (
+    DECORD_ERRORS,
+    DEFAULT_DECODERS,
+    DecodeError,
+    OpenedVideo,
+    UnsupportedCodec,
+    VideoDecoder,
+    probe_codec,
+)
+from data.faults import BAD_IMAGE, BAD_VIDEO, EMPTY_MEDIA, UNSUPPORTED_CODEC, SampleFault
 from model.processing import pad_frames_to_group
 from model.sequence import timestamps_for_groups
 
-# What decord raises for bytes it cannot open or decode (it surfaces FFmpeg errors as RuntimeError).
-DECORD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, decord.DECORDError)
+__all__ = ["DECORD_ERRORS", "FrameSample", "VideoBytes", "read_image", "sample_image_frames", "sample_video_frames"]
 # What PIL raises for undecodable / truncated / oversized images.
 IMAGE_ERRORS: tuple[type[BaseException], ...] = (Image.UnidentifiedImageError, Image.DecompressionBombError,
                                                   OSError, SyntaxError, ValueError)
@@ -93,32 +103,78 @@ def sample_image_frames(group: int = 4) -> FrameSample:
 
 
 class VideoBytes:
-    """An opened in-memory video: frame count, average fps, and batched frame reads."""
+    """An opened in-memory video: frame count, average fps, and batched frame reads.
 
-    def __init__(self, data: bytes, where: str) -> None:
+    The decoders of ``decoders`` (default :data:`data.decoders.DEFAULT_DECODERS`: decord, then PyAV)
+    are tried in order: the first that opens the bytes gives ``num_frames`` and ``avg_fps``; when it
+    then cannot decode the asked frames, the next ones are opened in turn (they must report the same
+    frame count and rate) and asked the same frames. :attr:`decoder` names the decoder that opened
+    the file or, after a read, the one whose frames were returned. When none can: a
+    :class:`~data.faults.SampleFault` ``unsupported_codec`` ("unsupported codec av1 in <file>") when
+    every decoder lacks the codec, else ``bad_video`` with each decoder's reason.
+    """
+
+    def __init__(self, data: bytes, where: str, decoders: Sequence[VideoDecoder] = DEFAULT_DECODERS) -> None:
         if not data:
             raise SampleFault(EMPTY_MEDIA, f"{where}: zero-byte video")
+        if not decoders:
+            raise ValueError("decoders: need at least one video decoder")
         self.where = where
-        try:
-            self._reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-            self.num_frames = len(self._reader)
-            self.avg_fps = float(self._reader.get_avg_fps())
-        except DECORD_ERRORS as exc:
-            raise SampleFault(BAD_VIDEO, f"{where}: cannot open video ({str(exc)[:200]})") from exc
-        if self.num_frames <= 0 or not self.avg_fps > 0:
-            raise SampleFault(BAD_VIDEO, f"{where}: video has {self.num_frames} frames at {self.avg_fps} fps")
+        self._data = data
+        self._decoders = tuple(decoders)
+        self._failures: list[tuple[str, DecodeError]] = []
+        self._pos = -1
+        self._video = self._open_next()
+        self.num_frames = int(self._video.num_frames)
+        self.avg_fps = float(self._video.avg_fps)
+
+    @property
+    def decoder(self) -> str:
+        """Name of the decoder in use (the one whose frames the last read returned)."""
+        return self._decoders[self._pos].name
+
+    def _open_next(self) -> OpenedVideo:
+        """Open the bytes with the next decoder of the chain that can; SampleFault when none is left."""
+        while self._pos + 1 < len(self._decoders):
+            self._pos += 1
+            dec = self._decoders[self._pos]
+            try:
+                video = dec.open(self._data, self.where)
+            except DecodeError as exc:
+                self._failures.append((dec.name, exc))
+                continue
+            if self._failures and hasattr(self, "num_frames") and (
+                    video.num_frames != self.num_frames or abs(video.avg_fps - self.avg_fps) > 1e-3 * self.avg_fps):
+                self._failures.append((dec.name, DecodeError(
+                    f"{dec.name}: reads {video.num_frames} frames at {video.avg_fps:.3f} fps where the first decoder "
+                    f"read {self.num_frames} at {self.avg_fps:.3f}")))
+                continue
+            return video
+        raise self._fault()
+
+    def _fault(self) -> SampleFault:
+        reasons = "; ".join(str(exc) for _, exc in self._failures)
+        if all(isinstance(exc, UnsupportedCodec) for _, exc in self._failures):
+            codec = probe_codec(self._data)
+            what = f"codec {codec}" if codec is not None else "codec (unknown to FFmpeg)"
+            return SampleFault(UNSUPPORTED_CODEC, f"unsupported {what} in {self.where} ({reasons})")
+        return SampleFault(BAD_VIDEO, f"{self.where}: cannot decode the video ({reasons})")
 
     def read_unique(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Decode each distinct index once: (uint8 frames [U, H, W, 3] in index order, ``inverse``)
         with ``frames[inverse]`` being the frames of ``indices`` (padding repeats cost nothing)."""
         unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-        try:
-            frames = self._reader.get_batch(unique.tolist()).asnumpy()
-        except DECORD_ERRORS as exc:
-            raise SampleFault(BAD_VIDEO, f"{self.where}: cannot decode frames ({str(exc)[:200]})") from exc
-        if frames.shape[0] != unique.shape[0] or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise SampleFault(BAD_VIDEO, f"{self.where}: decoder returned frames of shape {frames.shape}")
-        return frames, inverse.reshape(-1)
+        while True:
+            try:
+                frames = self._video.read(unique.tolist())
+            except DecodeError as exc:
+                self._failures.append((self.decoder, exc))
+                self._video = self._open_next()
+                continue
+            if frames.shape[0] != unique.shape[0] or frames.ndim != 4 or frames.shape[-1] != 3:
+                raise SampleFault(BAD_VIDEO, f"{self.where}: {self.decoder} returned frames of shape {frames.shape} "
+                                             f"for {unique.shape[0]} indices")
+            return frames, inverse.reshape(-1)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 frames [len(indices), H, W, 3]; each distinct index is decoded once."""

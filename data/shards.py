@@ -16,7 +16,9 @@ from pathlib import Path
 
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-VIDEO_KEYS: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov")
+# Video containers and raw streams (decord reads most; PyAV the rest: GIF, raw H.264/HEVC, ...).
+VIDEO_KEYS: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "gif", "h264", "264", "hevc", "h265",
+                               "265", "mpg", "mpeg", "ts", "flv", "3gp", "ogv", "wmv")
 IMAGE_KEYS: tuple[str, ...] = ("png", "jpg", "jpeg")
 KNOWN_KEYS: frozenset[str] = frozenset(VIDEO_KEYS + IMAGE_KEYS + ("json",))
 

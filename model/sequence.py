@@ -1,7 +1,8 @@
 """The one ChatML sequence builder shared by training, data loading and inference.
 
-A LLaVA conversation becomes ChatML token ids; the ``<image>`` tag of the first human turn is
-replaced by the visual block (per group: ``Time {t:.1f}s:`` text, then ``tokens_per_group``
+A LLaVA conversation (:func:`parse_conversation`: an optional leading system turn, then human/gpt
+turns) becomes ChatML token ids; the ``<image>`` tag, in whichever human turn holds it, is replaced by
+the visual block (per group: ``Time {t:.1f}s:`` text, then ``tokens_per_group``
 ``<|vision_pad|>`` ids). Every token also gets a kind (:class:`TokenKind`), a label and a group id.
 Text segments are tokenised one by one (role names, newlines, contents, timestamps), so the ids of a
 generation prompt are exactly the prefix of the ids used in training.
@@ -20,6 +21,7 @@ import torch
 
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
+SYSTEM_ROLE = "system"
 _ROLES = {"human": "user", "gpt": "assistant"}
 
 
@@ -31,6 +33,10 @@ class TokenKind(IntEnum):
     TIMESTAMP = 2
     VISUAL = 3
     QUESTION = 4
+
+
+class EmptyAnswer(ValueError):
+    """Raised when an assistant turn of a conversation is empty or whitespace only."""
 
 
 class NoSupervisedTokens(ValueError):
@@ -142,18 +148,55 @@ class _Buffer:
         return len(self.ids)
 
 
-def _validate_conversations(conversations: Any, for_generation: bool, num_groups: int,
-                            special_tokens: Sequence[str]) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class Conversation:
+    """A checked conversation: the optional leading system turn's text and the human/gpt turns."""
+
+    system: str | None  # the sample's system prompt (None: use the caller's default)
+    turns: list[dict[str, str]]  # alternating human/gpt, starting with human
+    media_turn: int | None  # index into ``turns`` of the human turn holding the <image> tag
+
+
+def parse_conversation(conversations: Any, *, has_media: bool, for_generation: bool = False,
+                       special_tokens: Sequence[str] = ()) -> Conversation:
+    """Check a LLaVA conversation; errors name the turn (``conversations[i]`` of the input list).
+
+    Rules: an optional leading ``{"from": "system", "value": text}`` turn sets the sample's system
+    prompt; then turns alternate ``human``/``gpt``, starting with ``human``; with media, exactly one
+    ``<image>`` tag stands in one human turn (any of them), without media there is none; no value
+    contains one of ``special_tokens``. A training conversation ends with a gpt turn; for generation a
+    final gpt turn is dropped. A kept gpt turn that is empty or whitespace only raises
+    :class:`EmptyAnswer`; every other violation raises ``ValueError``.
+    """
     if not isinstance(conversations, list | tuple) or not conversations:
         raise ValueError("conversations: must be a non-empty list of {'from', 'value'} turns")
+    system: str | None = None
+    offset = 0
+    first = conversations[0]
+    if isinstance(first, dict) and first.get("from") == SYSTEM_ROLE:
+        value = first.get("value")
+        if not isinstance(value, str):
+            raise ValueError(f"conversations[0].value: the system turn must be a string, got {type(value).__name__}")
+        system, offset = value, 1
+        if IMAGE_TAG in value:
+            raise ValueError(f"conversations[0].value: the system turn may not hold the {IMAGE_TAG!r} tag")
+        for tok in special_tokens:
+            if tok in value:
+                raise ValueError(f"conversations[0].value: contains the special token {tok!r}")
     turns: list[dict[str, str]] = []
-    for i, turn in enumerate(conversations):
+    tags: list[int] = []  # input indices of the turns holding the tag
+    media_turn: int | None = None
+    for i in range(offset, len(conversations)):
+        turn = conversations[i]
         if not isinstance(turn, dict):
             raise ValueError(f"conversations[{i}]: must be a dict, got {type(turn).__name__}")
         role, value = turn.get("from"), turn.get("value")
+        if role == SYSTEM_ROLE:
+            raise ValueError(f"conversations[{i}].from: a 'system' turn may only come first")
         if role not in _ROLES:
-            raise ValueError(f"conversations[{i}].from: must be 'human' or 'gpt', got {role!r}")
-        expected = "human" if i % 2 == 0 else "gpt"
+            raise ValueError(f"conversations[{i}].from: must be 'system' (first turn only), 'human' or 'gpt', "
+                             f"got {role!r}")
+        expected = "human" if (i - offset) % 2 == 0 else "gpt"
         if role != expected:
             raise ValueError(f"conversations[{i}].from: turns must alternate human/gpt starting with "
                              f"human; expected {expected!r}, got {role!r}")
@@ -163,22 +206,31 @@ def _validate_conversations(conversations: Any, for_generation: bool, num_groups
             if tok in value:
                 raise ValueError(f"conversations[{i}].value: contains the special token {tok!r}")
         n_tags = value.count(IMAGE_TAG)
-        if i == 0 and num_groups > 0 and n_tags != 1:
-            raise ValueError(f"conversations[0].value: must contain exactly one {IMAGE_TAG!r} tag for "
-                             f"{num_groups} visual groups, found {n_tags}")
-        if (i > 0 or num_groups == 0) and n_tags:
-            raise ValueError(f"conversations[{i}].value: unexpected {IMAGE_TAG!r} tag "
-                             f"(num_groups={num_groups}; only the first human turn may hold it)")
+        if n_tags and role == "gpt":
+            raise ValueError(f"conversations[{i}].value: a gpt turn may not hold the {IMAGE_TAG!r} tag")
+        if n_tags:
+            tags.extend([i] * n_tags)
+            media_turn = len(turns)
         turns.append({"from": role, "value": value})
+    if not turns:
+        raise ValueError("conversations: a system turn alone; needs human/gpt turns after it")
+    if has_media and len(tags) != 1:
+        raise ValueError(f"conversations: the media needs exactly one {IMAGE_TAG!r} tag in a human turn, found "
+                         f"{len(tags)}" + (f" (in turns {sorted(set(tags))})" if tags else ""))
+    if not has_media and tags:
+        raise ValueError(f"conversations[{tags[0]}].value: unexpected {IMAGE_TAG!r} tag (the sample has no media)")
     if for_generation:
         if turns[-1]["from"] == "gpt":
             turns = turns[:-1]
         if not turns:
             raise ValueError("conversations: nothing left to prompt with after dropping the gpt turn")
     elif turns[-1]["from"] != "gpt":
-        raise ValueError(f"conversations[{len(turns) - 1}].from: a training conversation must end with "
+        raise ValueError(f"conversations[{len(conversations) - 1}].from: a training conversation must end with "
                          "a 'gpt' turn")
-    return turns
+    for j, turn in enumerate(turns):
+        if turn["from"] == "gpt" and not turn["value"].strip():
+            raise EmptyAnswer(f"conversations[{j + offset}].value: the answer is empty")
+    return Conversation(system=system, turns=turns, media_turn=media_turn if has_media else None)
 
 
 def _validate_visual(timestamps: Sequence[float] | None, num_groups: int, tokens_per_group: int) -> None:
@@ -214,7 +266,9 @@ def build_sequence(
     ``supervise_chatml_tokens`` (released behaviour) every ``<|im_start|>``, ``<|im_end|>`` and
     ``\\n`` token is supervised too. ``for_generation`` drops a final gpt turn, ends with
     ``<|im_start|>assistant\\n``, marks tokens after the visual block ``QUESTION`` and leaves all
-    labels at -100.
+    labels at -100. ``system_prompt`` is the system text unless the conversation starts with a
+    ``system`` turn, whose text replaces it. Conversation rules: :func:`parse_conversation`
+    (``ValueError``; :class:`EmptyAnswer` for an empty answer).
 
     ``max_length`` (counted after the visual block is inserted): in training the tail is cut and a cut
     inside the visual block moves back to the previous group boundary; :class:`NoSupervisedTokens` is
@@ -229,12 +283,15 @@ def build_sequence(
         raise ValueError(f"system_prompt: must be a string, got {type(system_prompt).__name__}")
     chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
     ids = chat.ids
-    turns = _validate_conversations(conversations, for_generation, num_groups, chat.special_tokens)
+    conv = parse_conversation(conversations, has_media=num_groups > 0, for_generation=for_generation,
+                              special_tokens=chat.special_tokens)
+    turns = conv.turns
+    system = conv.system if conv.system is not None else system_prompt
     tok = chat.encode
 
     buf = _Buffer()
     buf.add([ids.im_start], TokenKind.SYSTEM)
-    buf.add(tok("system") + [ids.newline] + tok(system_prompt) + [ids.im_end, ids.newline], TokenKind.SYSTEM)
+    buf.add(tok("system") + [ids.newline] + tok(system) + [ids.im_end, ids.newline], TokenKind.SYSTEM)
 
     group_starts: list[int] = []
     visual_end = -1
@@ -247,7 +304,7 @@ def build_sequence(
         is_answer = turn["from"] == "gpt"
         buf.add([ids.im_start] + tok(_ROLES[turn["from"]]) + [ids.newline], text_kind())
         value = turn["value"]
-        if i == 0 and num_groups > 0:
+        if i == conv.media_turn:
             before, after = value.split(IMAGE_TAG, 1)
             after = after[1:] if after.startswith("\n") else after
             if before:

@@ -9,7 +9,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,61 @@ def qwen_tokenizer_dir() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
     return path if (path / "tokenizer.json").exists() else None
+
+
+BAR_BITS = 8  # frame i of an indexed video shows i in binary: bar k (from the left) white iff bit k is set
+
+
+def bar_frame(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """uint8 RGB [H, W, 3] picture of `index` as BAR_BITS black/white vertical bars (size = (width, height))."""
+    width, height = size
+    img = np.zeros((height, width, 3), np.uint8)
+    bar = width // BAR_BITS
+    for k in range(BAR_BITS):
+        if (index >> k) & 1:
+            img[:, k * bar:(k + 1) * bar] = 255
+    return img
+
+
+def bar_index(frame: np.ndarray) -> int:
+    """The index a decoded `bar_frame` shows (each bar's inner columns averaged, threshold at mid-grey)."""
+    bar = frame.shape[1] // BAR_BITS
+    return sum(1 << k for k in range(BAR_BITS) if frame[:, k * bar + 1:(k + 1) * bar - 1].mean() > 127)
+
+
+def indexed_video(num_frames: int, fps: float, *, fmt: str = "mp4", codec: str = "libx264",
+                  pix_fmt: str = "yuv420p", size: tuple[int, int] = (64, 48), gop: int | None = None,
+                  path: Path | None = None, options: dict[str, str] | None = None) -> bytes:
+    """Video bytes whose frame i is `bar_frame(i)`, encoded with PyAV (`fmt` container, `codec` encoder,
+    keyframe every `gop` frames when given). `path`: encode into that file (needed by muxer options such
+    as `movflags=faststart`, which rewrite the file) and return its bytes."""
+    width, height = size
+    target: Any = str(path) if path is not None else io.BytesIO()
+    with av.open(target, mode="w", format=fmt, options=options or {}) as box:
+        stream = box.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        for i in range(num_frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(bar_frame(i, size), format="rgb24")):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return path.read_bytes() if path is not None else target.getvalue()
+
+
+@dataclass(frozen=True)
+class HangingDecoder:
+    """A video decoder (the `data.decoders` interface) that stalls for `seconds` on samples whose location
+    names one of `keys` (as a decode that never returns would) and otherwise opens with decord."""
+
+    keys: frozenset[str]
+    seconds: float = 30.0
+    name: str = "hang_or_decord"
+
+    def open(self, data: bytes, where: str) -> Any:
+        from data.decoders import DecordDecoder
+
+        if any(k in where for k in self.keys):
+            time.sleep(self.seconds)
+        return DecordDecoder().open(data, where)

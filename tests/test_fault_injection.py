@@ -334,6 +334,7 @@ def test_corrupt_and_malicious_shards_are_skipped_counted_and_never_run(synth: P
     assert {k: int(recs[-1][k]) for k in skip_keys if recs[-1][k]} == {f"skipped/{k}": v for k, v in expected.items()}
     for prev, cur in zip(recs, recs[1:], strict=False):  # cumulative counts never go down
         assert all(cur[k] >= prev[k] for k in skip_keys)
+    assert recs[-1]["decoder/decord"] > 0 and recs[-1]["decoder/pyav"] == 0  # samples each video decoder read
     console = [line for line in proc.stderr.splitlines() if line.startswith(f"step {steps} loss")]
     assert len(console) == 1, proc.stderr[-3000:]
     shown = console[0].split("skipped[", 1)[1].rstrip("]").split()

@@ -13,7 +13,7 @@ from PIL import Image
 from data.loader import build_loader
 from data.make_shards import main
 from data.shards import iter_shard
-from helpers import grey_mp4
+from helpers import grey_mp4, indexed_video
 from model import build_preset, load_tokenizer
 
 
@@ -85,3 +85,63 @@ def test_bad_annotation_file_is_a_clear_error(tmp_path: Path, media: Path,
     assert rc == 2 and str(bad) in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--annotations", str(tmp_path / "nope.json"), "--media-root", str(media), "--out", str(tmp_path)])
+
+
+def test_other_codecs_conversations_and_frame_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "media"
+    root.mkdir()
+    faststart = indexed_video(60, 10, path=tmp_path / "fs.mp4", options={"movflags": "faststart"})
+    av1 = indexed_video(16, 8, codec="libsvtav1")
+    files = {
+        "ok.mp4": grey_mp4([20 * i for i in range(10)], fps=5),
+        "av1.mp4": av1,
+        "anim.gif": indexed_video(12, 6, fmt="gif", codec="gif", pix_fmt="rgb8"),
+        "raw.h264": indexed_video(12, 6, fmt="h264"),
+        "last_packet_cut.mp4": faststart[:-1],  # opens, but its sampled frames do not all decode
+        "header_promises_more.mp4": faststart[: len(faststart) // 2],
+        "unknown.mp4": av1.replace(b"av01", b"evc1"),
+    }
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    qa = conv()
+    records = [{"id": name, "video": name, "conversations": qa} for name in files]
+    records += [
+        {"id": "sys", "video": "ok.mp4", "conversations": [{"from": "system", "value": "Be terse."}, *qa]},
+        {"id": "turn2", "video": "ok.mp4", "conversations": [
+            {"from": "human", "value": "Hi."}, {"from": "gpt", "value": "Hello."},
+            {"from": "human", "value": "<image>\nAnd this?"}, {"from": "gpt", "value": "Grey."}]},
+        {"id": "empty", "video": "ok.mp4", "conversations": [qa[0], {"from": "gpt", "value": ""}]},
+        {"id": "blank", "video": "ok.mp4", "conversations": [qa[0], {"from": "gpt", "value": "  \n"}]},
+        {"id": "twotags", "video": "ok.mp4", "conversations": [qa[0], {"from": "gpt", "value": "<image>"}]},
+    ]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(records))
+    out = tmp_path / "shards"
+    assert main(["--annotations", str(ann), "--media-root", str(root), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "6/12 records written" in captured.out
+    for reason, n in {"bad_video": 2, "unsupported_codec": 1, "empty_answer": 2, "bad_conversation": 1}.items():
+        assert f"skipped {n} x {reason}" in captured.out
+    assert "videos rejected, by codec: h264 2, unknown 1" in captured.out
+    assert "videos written, by codec/decoder: av1/pyav 1, gif/pyav 1, h264/decord 3, h264/pyav 1" in captured.out
+    assert f"{ann}[4]: bad_video: {root / 'last_packet_cut.mp4'}: cannot decode the video" in captured.err
+    assert f"{ann}[5]: bad_video: {root / 'header_promises_more.mp4'}: cannot decode the video" in captured.err
+    assert "header promises 60 frames" in captured.err
+    assert f"{ann}[6]: unsupported_codec: unsupported codec (unknown to FFmpeg) in {root / 'unknown.mp4'}" in captured.err
+    assert f"{ann}[9]: empty_answer: conversations[1].value: the answer is empty" in captured.err
+
+    cfg = {"root": str(out), "val": [{"shards": "shard-*.tar"}]}
+    loader = build_loader(cfg, load_tokenizer("tiny"), build_preset("tiny"), split="val", batch_size=8,
+                          num_workers=0, frames_upbound=8)
+    (batch,) = list(loader)
+    assert sorted(batch["sample_ids"]) == ["anim.gif", "av1.mp4", "ok.mp4", "raw.h264", "sys", "turn2"]
+    assert not any(loader.skipped.values()) and loader.decoded == {"decord": 3, "pyav": 3}
+
+    # without the frame check only the container is opened: the file with the cut last frame passes
+    assert main(["--annotations", str(ann), "--media-root", str(root), "--out", str(tmp_path / "o2"),
+                 "--check-frames", "0"]) == 0
+    assert "7/12 records written" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--annotations", str(ann), "--media-root", str(root), "--out", str(tmp_path / "o3"),
+              "--check-frames", "-1"])
+    assert exit_.value.code == 2

@@ -13,10 +13,12 @@ from helpers import qwen_tokenizer_dir
 from model.sequence import (
     IGNORE_INDEX,
     ChatTokenizer,
+    EmptyAnswer,
     NoSupervisedTokens,
     TokenKind,
     build_sequence,
     format_timestamp,
+    parse_conversation,
     timestamps_for_groups,
 )
 from model.tokenizer import load_tokenizer
@@ -210,7 +212,7 @@ def test_generation_truncation_drops_trailing_groups(tok) -> None:
     ("kwargs", "field"),
     [
         ({"conversations": [{"from": "human", "value": "no tag"}, {"from": "gpt", "value": "x"}]},
-         r"conversations\[0\]\.value"),
+         r"conversations: the media needs exactly one '<image>' tag in a human turn, found 0"),
         ({"conversations": [{"from": "user", "value": "<image>\nq"}, {"from": "gpt", "value": "x"}]},
          r"conversations\[0\]\.from"),
         ({"conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "human", "value": "x"}]},
@@ -276,3 +278,63 @@ def test_tokenizer_without_vision_pad_is_rejected(tmp_path: Path) -> None:
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     with pytest.raises(ValueError, match="tokenizer: lacks the vision pad"):
         build_sequence(tok, _conv(), [0.0], 1, 2)
+
+
+def test_system_turn_sets_the_sample_system_prompt(tok) -> None:
+    with_turn = [{"from": "system", "value": "Answer with one letter."}, *_conv()]
+    built = build_sequence(tok, with_turn, [0.0, 4.0], 2, 3)
+    reference = build_sequence(tok, _conv(), [0.0, 4.0], 2, 3, system_prompt="Answer with one letter.")
+    for field in ("input_ids", "labels", "token_kind", "group_index"):
+        assert torch.equal(getattr(built, field), getattr(reference, field)), field
+    assert tok.decode(built.input_ids.tolist()).startswith("<|im_start|>system\nAnswer with one letter.<|im_end|>\n")
+    gen = build_sequence(tok, with_turn, [0.0, 4.0], 2, 3, for_generation=True)
+    assert torch.equal(gen.input_ids, built.input_ids[:len(gen)])  # generation prompt = training prefix
+
+
+def test_video_in_a_later_human_turn(tok) -> None:
+    conv = [{"from": "human", "value": "Hello."}, {"from": "gpt", "value": "Hi."},
+            {"from": "human", "value": "Look: <image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]
+    ts, t = [0.0, 4.0], 3
+    built = build_sequence(tok, conv, ts, 2, t)
+    visual = "".join(f"Time {x:.1f}s:" + PAD * t for x in ts)
+    assert tok.decode(built.input_ids.tolist()) == (
+        SYSTEM + "<|im_start|>user\nHello.<|im_end|>\n<|im_start|>assistant\nHi.<|im_end|>\n"
+        "<|im_start|>user\nLook: " + visual + "What colour?<|im_end|>\n<|im_start|>assistant\nRed.<|im_end|>\n")
+    answer = built.input_ids[_assistant_mask(tok, built.input_ids.tolist())].tolist()
+    assert tok.decode(answer) == "Hi.<|im_end|>\nRed.<|im_end|>\n"
+    gen = build_sequence(tok, conv, ts, 2, t, for_generation=True)
+    kinds = gen.token_kind.tolist()
+    first_visual = kinds.index(int(TokenKind.TIMESTAMP))
+    assert int(TokenKind.QUESTION) not in kinds[:first_visual]  # earlier turns are prefix text
+    last_visual = max(i for i, k in enumerate(kinds) if k == int(TokenKind.VISUAL))
+    assert set(kinds[last_visual + 1:]) == {int(TokenKind.QUESTION)}
+
+
+@pytest.mark.parametrize(("conv", "error", "field"), [
+    ([{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": ""}], EmptyAnswer, r"conversations\[1\]"),
+    ([{"from": "system", "value": "s"}, {"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"},
+      {"from": "human", "value": "more?"}, {"from": "gpt", "value": " \n\t "}], EmptyAnswer, r"conversations\[4\]"),
+    ([{"from": "human", "value": "<image>\nq"}, {"from": "system", "value": "s"}], ValueError,
+     r"conversations\[1\]\.from: a 'system' turn may only come first"),
+    ([{"from": "system", "value": "s"}], ValueError, "a system turn alone"),
+    ([{"from": "system", "value": "<image>"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+     ValueError, r"conversations\[0\]\.value: the system turn may not hold"),
+    ([{"from": "system", "value": 3}, *_conv()], ValueError, r"conversations\[0\]\.value"),
+    ([{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}, {"from": "human", "value": "<image>"},
+      {"from": "gpt", "value": "b"}], ValueError, r"found 2 \(in turns \[0, 2\]\)"),
+])
+def test_conversation_rules(conv: list, error: type[Exception], field: str) -> None:
+    with pytest.raises(error, match=field):
+        build_sequence(load_tokenizer("tiny"), conv, [0.0], 1, 2)
+
+
+def test_parse_conversation_without_a_tokenizer() -> None:
+    conv = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "<image> and?"}, {"from": "gpt", "value": ""}]
+    with pytest.raises(EmptyAnswer):
+        parse_conversation(conv, has_media=True)
+    parsed = parse_conversation(conv, has_media=True, for_generation=True)  # the empty final answer is dropped
+    assert parsed.system == "Be brief." and parsed.media_turn == 2 and len(parsed.turns) == 3
+    assert parse_conversation(conv[1:3], has_media=False).system is None
+    with pytest.raises(ValueError, match="unexpected '<image>' tag"):
+        parse_conversation(conv[:4] + [{"from": "gpt", "value": "x"}], has_media=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.faults import metric_name
 from train import checkpoint as ckpt
 from train.config import RunConfig
 from train.engine import DistEnv, all_reduce_max, all_reduce_sum
@@ -103,7 +104,7 @@ class StepLoop:
         return out
 
     def one_step(self, batches: Iterator[dict[str, Any]], state: LoopState,
-                 skipped: dict[str, int]) -> dict[str, float]:
+                 skipped: Mapping[str, int]) -> dict[str, float]:
         """Run micro-batches until one optimizer step is taken; return its metrics."""
         t0 = time.perf_counter()
         lrs = self._group_lrs()  # the rates this step applies
@@ -164,7 +165,7 @@ class StepLoop:
             metrics["grad_norm"] = float(gnorm)
         metrics.update(lrs)
         for reason, count in zip(reasons, skipped_total, strict=True):
-            metrics[f"skipped/{reason}"] = count
+            metrics[metric_name(reason)] = count  # skipped/<reason>, or decoder/<name> (samples it read)
         cache = self.feature_cache
         if cache is not None:  # this rank's memo of frozen vision + DTS outputs
             metrics["feature_cache/hit_rate"] = cache.hits / max(1, cache.hits + cache.misses)
@@ -297,7 +298,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     try:
         with StopRequest() as stop:
             while state.step < steps_total:
-                metrics = step_loop.one_step(batches, state, loader.skipped)
+                metrics = step_loop.one_step(batches, state, loader.counts)
                 result.losses.append(metrics["loss"])
                 logger.log(state.step, metrics)
                 last = state.step >= steps_total
