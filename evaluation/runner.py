@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from data.benchmarks import AnnotationError, EvalSample, Exclusion, read_benchmark
-from data.sampling import DECORD_ERRORS, sample_video_frames
+from data.faults import SampleFault
+from data.sampling import VideoBytes, sample_video_frames
 from evaluation.answers import Extractor, extractor_for
 from evaluation.config import EvalConfig, parse_eval_config
 from evaluation.prompts import PromptSpec, prompt_spec, render
@@ -48,9 +49,9 @@ from train.engine import DistEnv, read_dist_env, shutdown_distributed
 
 logger = logging.getLogger(__name__)
 
-# What reading one sample's video raises (missing / unreadable file, decord decode errors); such a
+# What reading one sample's video raises (missing / unreadable file, no decoder can read it); such a
 # sample is recorded as failed instead of stopping its rank.
-VIDEO_ERRORS: tuple[type[BaseException], ...] = (*DECORD_ERRORS, ValueError, OSError)
+VIDEO_ERRORS: tuple[type[BaseException], ...] = (SampleFault, RuntimeError, ValueError, OSError)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -94,18 +95,19 @@ def read_video(path: str, frames_upbound: int, fps_upbound: float | None,
                group: int) -> tuple[np.ndarray, list[float], float]:
     """Decode the sampled frames of `path`: (uint8 [N, H, W, 3] with N % group == 0, group timestamps, duration s).
 
-    A missing file raises FileNotFoundError, an undecodable one RuntimeError (both name the file).
+    Frames are read by the training loader's decoder chain (decord, then PyAV). A missing file raises
+    FileNotFoundError, one no decoder can read a SampleFault ("unsupported codec av1 in <file>" or the
+    decoders' reasons), one without frames RuntimeError (each names the file).
     """
-    from decord import VideoReader, cpu
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"video not found: {path}")
     try:
-        vr = VideoReader(path, ctx=cpu(0), num_threads=1)
-        n, fps = len(vr), float(vr.get_avg_fps())
+        # the training loader's decoder chain: decord, then PyAV for what decord cannot open (AV1, GIF, ...)
+        video = VideoBytes(Path(path).read_bytes(), path)
+        n, fps = video.num_frames, video.avg_fps
         picked = sample_video_frames(n, fps, frames_upbound=frames_upbound, fps_upbound=fps_upbound, group=group)
-        frames = vr.get_batch(picked.indices).asnumpy()
-    except (*DECORD_ERRORS, ValueError) as exc:  # ValueError: no frames / no frame rate
+        frames = video.read(picked.indices)
+    except ValueError as exc:  # no frames / no frame rate
         raise RuntimeError(f"cannot decode video {path}: {str(exc)[:200]}") from exc
     return frames, picked.group_timestamps(group), n / fps
 

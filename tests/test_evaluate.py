@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from data.faults import SampleFault
 from data.niah import build_grid, write_mp4
+from data.sampling import sample_video_frames
 from evaluation.config import parse_eval_config
 from evaluation.runner import load_samples, read_video
-from helpers import free_port, subprocess_env
+from helpers import bar_index, free_port, indexed_video, subprocess_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,8 +79,18 @@ def test_read_video_errors_name_the_file(tmp_path: Path) -> None:
         read_video(str(tmp_path / "missing.mp4"), 8, 4, 4)
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
-    with pytest.raises(RuntimeError, match="cannot decode video .*broken.mp4"):
+    with pytest.raises(SampleFault, match="broken.mp4: cannot decode the video"):
         read_video(str(bad), 8, 4, 4)
+
+
+def test_read_video_falls_back_to_pyav_for_av1(tmp_path: Path) -> None:
+    """An AV1 mp4 (decord 0.6.0 cannot open it) is read through PyAV: every sampled frame is the one asked for."""
+    path = tmp_path / "clip.mp4"
+    indexed_video(24, 8, codec="libsvtav1", path=path)
+    frames, timestamps, duration = read_video(str(path), 8, None, 4)
+    picked = sample_video_frames(24, 8.0, frames_upbound=8, fps_upbound=None, group=4)
+    assert [bar_index(f) for f in frames] == list(picked.indices)
+    assert duration == pytest.approx(3.0) and timestamps == picked.group_timestamps(4)
 
 
 # ------------------------------------------------------------------------------ end to end
