@@ -21,7 +21,8 @@ from .weights import INDEX_NAME, SINGLE_NAME
 
 # bytes per element of each safetensors dtype
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
-               "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+               "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
+               "F8_E8M0": 1, "C64": 8}
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit
 # A fast tokenizer needs tokenizer.json, or the BPE files it can be built from.
 TOKENIZER_FILE_SETS: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("vocab.json", "merges.txt"))

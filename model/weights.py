@@ -56,6 +56,23 @@ def tensor_shapes(src: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# safetensors dtype names of floating tensors -> torch dtypes
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def stored_dtype(src: str | Path, name: str) -> torch.dtype:
+    """Torch dtype of the floating tensor `name` as stored in the directory's safetensors files (header
+    only). Raises KeyError when no file holds it, ValueError for a non-floating dtype."""
+    for path in weight_files(src):
+        with safe_open(str(path), framework="pt") as f:
+            if name in f.keys():
+                code = f.get_slice(name).get_dtype()
+                if code not in FLOAT_DTYPES:
+                    raise ValueError(f"{path}: tensor {name} is stored as {code}, expected a floating dtype")
+                return FLOAT_DTYPES[code]
+    raise KeyError(name)
+
+
 def expected_shapes(config: VideoXL2Config) -> dict[str, tuple[int, ...]]:
     """Local tensor name -> shape for the persistent state of a model built from `config` (on meta)."""
     from .modeling import VideoXL2ForCausalLM

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import asdict, is_dataclass
@@ -242,7 +243,9 @@ def run(cfg: Any) -> dict[str, Any] | None:
     from omegaconf import OmegaConf
 
     from model import VideoXL2ForCausalLM, load_tokenizer
+    from model.checks import check_model_dir
 
+    check_model_dir(str(cfg.ckpt), model_types=("videoxl2",), tokenizer=True, what="ckpt")  # one-line errors
     if str(cfg.bench.task) not in BENCH_TASKS:
         raise ValueError(f"bench.task must be one of {sorted(BENCH_TASKS)}, got {cfg.bench.task!r}")
     if str(cfg.prefill) not in ("full", "chunked") or str(cfg.decode) not in ("full", "bilevel"):
@@ -284,7 +287,13 @@ def main() -> None:
 
     @hydra.main(config_path=conf_dir, config_name="evaluate", version_base="1.3")
     def _entry(cfg: Any) -> None:
-        metrics = run(cfg)
+        from model.checks import ModelFileError
+
+        try:
+            metrics = run(cfg)
+        except ModelFileError as exc:  # bad ckpt / tokenizer files: one line, before any compute
+            print(f"error: ckpt: {exc}", file=sys.stderr)
+            sys.exit(2)
         if metrics is not None:
             print(json.dumps(metrics["metrics"], indent=2))
 
