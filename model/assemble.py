@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, SiglipConfig, SiglipVisionConfig
+from transformers import Qwen2Config, SiglipVisionConfig
 
 from .checks import ModelFileError, check_weights, read_config
 from .config import VideoXL2Config
@@ -106,8 +106,11 @@ class AssemblyReport:
 def vision_config_of(raw: dict, config_path: Path) -> tuple[SiglipVisionConfig, int]:
     """(vision config with the last encoder layer dropped, source layer count) from a SigLIP config.json
     (`siglip`: its `vision_config`; `siglip_vision_model`: the whole file)."""
-    cfg = SiglipConfig.from_dict(raw).vision_config if raw.get("model_type") == "siglip" else \
-        SiglipVisionConfig.from_dict(raw)
+    if raw.get("model_type") == "siglip":
+        if not isinstance(raw.get("vision_config"), dict):
+            raise ModelFileError(config_path, "model_type 'siglip' without a vision_config object")
+        raw = raw["vision_config"]
+    cfg = SiglipVisionConfig.from_dict(raw)
     layers = int(cfg.num_hidden_layers)
     if layers < 2:
         raise ModelFileError(config_path, f"num_hidden_layers {layers}: the vision tower needs at least 2 layers "

@@ -191,3 +191,35 @@ def check_model_dir(model_dir: str | Path, model_types: Sequence[str] = (), arch
 
         load_tokenizer(model_dir)
     return config
+
+
+def check_videoxl2_dir(model_dir: str | Path, tokenizer: bool = False, what: str = "model") -> None:
+    """`check_model_dir` for a VideoXL2ForCausalLM directory (model_type `videoxl2`), plus: its config.json
+    builds a valid `VideoXL2Config`, and its safetensors files hold every tensor of the model that config
+    describes with the described shape (a tied LM head may be absent), so that `from_pretrained` can
+    neither fail on a shape nor silently initialise tensors the directory lacks.
+
+    Raises ModelFileError (one line naming the file).
+    """
+    from .config import VideoXL2Config
+    from .weights import expected_shapes
+
+    check_model_dir(model_dir, model_types=("videoxl2",), tokenizer=tokenizer, what=what)
+    root = Path(model_dir)
+    try:
+        config = VideoXL2Config.from_pretrained(str(root))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelFileError(root / "config.json", str(exc).strip().splitlines()[0]) from None
+    shapes = check_weights(root)
+    if not shapes:  # pytorch_model*.bin: left to the weights-only loader
+        return
+    expected = expected_shapes(config)
+    optional = {"llm.lm_head.weight"} if config.text_config.tie_word_embeddings else set()
+    missing = sorted(set(expected) - set(shapes) - optional)
+    if missing:
+        raise ModelFileError(root, f"the weights lack {len(missing)} tensors of the model config.json describes, "
+                                   f"e.g. {missing[:3]}")
+    for name, shape in expected.items():
+        if name in shapes and tuple(shapes[name]) != tuple(shape):
+            raise ModelFileError(root, f"tensor {name} is {list(shapes[name])} in the weights, config.json "
+                                       f"describes {list(shape)}")

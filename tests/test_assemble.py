@@ -13,11 +13,12 @@ import pytest
 import torch
 from assemble_parts import VISION, prefix_siglip, save_clip, save_llama, save_qwen2, save_siglip
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import Qwen2ForCausalLM, SiglipModel
 
 from model import VideoXL2ForCausalLM, load_tokenizer
-from model.assemble import assemble, main
+from model.assemble import assemble, fresh_tensors, main
+from model.checks import ModelFileError, check_videoxl2_dir
 from model.weights import TensorShapeError
 
 LAST = VISION["num_hidden_layers"] - 1  # the dropped SigLIP layer
@@ -141,16 +142,15 @@ def test_vision_prefix_variants_and_tied_head(parts: dict[str, Path], tmp_path: 
         assert torch.equal(model.eval()(input_ids=ids).logits, src_llm(input_ids=ids).logits)
 
 
-def test_fresh_modules_follow_the_seed(parts: dict[str, Path], assembled: Path, tmp_path: Path) -> None:
-    a = VideoXL2ForCausalLM.from_pretrained(assembled).state_dict()
-    assemble(parts["siglip"], parts["qwen"], tmp_path / "same", config="tiny", seed=0)
-    assemble(parts["siglip"], parts["qwen"], tmp_path / "other", config="tiny", seed=1)
-    b = VideoXL2ForCausalLM.from_pretrained(tmp_path / "same").state_dict()
-    c = VideoXL2ForCausalLM.from_pretrained(tmp_path / "other").state_dict()
-    fresh = [k for k in a if k.startswith(("dts.", "projector."))]
-    assert fresh and all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["projector.0.weight"], c["projector.0.weight"])
-    assert all(torch.isfinite(a[k]).all() for k in fresh) and a["projector.0.weight"].std() > 0
+def test_fresh_modules_follow_the_seed(assembled: Path) -> None:
+    model = VideoXL2ForCausalLM.from_pretrained(assembled)
+    state = model.state_dict()
+    same = fresh_tensors(model.config, 0, torch.float32)  # the fixture's seed
+    other = fresh_tensors(model.config, 1, torch.float32)
+    assert set(same) == {k for k in state if k.startswith(("dts.", "projector."))}
+    assert all(torch.equal(state[k], v) for k, v in same.items())
+    assert not torch.equal(same["projector.0.weight"], other["projector.0.weight"])
+    assert all(torch.isfinite(v).all() for v in same.values()) and same["projector.0.weight"].std() > 0
 
 
 def test_shape_mismatch_names_tensor_and_both_shapes(parts: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -218,8 +218,6 @@ def bad_parts(parts: dict[str, Path], root: Path) -> list[tuple[str, list[str], 
     vision = root / "vision_other_prefix"
     vision.mkdir()
     shutil.copy(parts["bare"] / "config.json", vision / "config.json")
-    from safetensors.torch import save_file
-
     save_file({"siglip." + k: v for k, v in load_file(str(parts["bare"] / "model.safetensors")).items()},
               str(vision / "model.safetensors"))
     cases.append(("no vision tensor under a known prefix", ["--vision", str(vision), "--llm", str(parts["qwen"])],
@@ -236,3 +234,37 @@ def test_bad_parts_fail_with_one_line(parts: dict[str, Path], tmp_path: Path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"assemble failed: {message}"), (case, err)
         assert not out.exists(), case
+
+
+def test_videoxl2_dir_checks(parts: dict[str, Path], assembled: Path, tmp_path: Path) -> None:
+    """What `stage.init_from` and an evaluation `ckpt` go through: the assembled directories pass (a tied
+    head may be absent from the files); a missing tensor, a shape config.json does not describe, a part of
+    another kind and unloadable tokenizer files fail with one line naming the file."""
+    check_videoxl2_dir(assembled, tokenizer=True)
+    tied = tmp_path / "tied"
+    assemble(parts["bare"], parts["qwen_tied"], tied, config="tiny")
+    check_videoxl2_dir(tied)
+
+    lacking = Path(shutil.copytree(assembled, tmp_path / "lacking"))
+    index = json.loads((lacking / "model.safetensors.index.json").read_text())
+    shard = lacking / index["weight_map"].pop("dts.temporal_encoding")
+    tensors = load_file(str(shard))
+    del tensors["dts.temporal_encoding"]
+    save_file(tensors, str(shard))
+    (lacking / "model.safetensors.index.json").write_text(json.dumps(index))
+    other = Path(shutil.copytree(assembled, tmp_path / "other_shape"))
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] = 96
+    (other / "config.json").write_text(json.dumps(cfg))
+    broken_tok = Path(shutil.copytree(assembled, tmp_path / "broken_tokenizer"))
+    (broken_tok / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    for model_dir, message in (
+            (lacking, f"{lacking}: the weights lack 1 tensors of the model config.json describes, "
+                      "e.g. ['dts.temporal_encoding']"),
+            (other, f"{other}: tensor llm.model.layers.0.mlp.gate_proj.weight is [64, 32] in the weights, "
+                    "config.json describes [96, 32]"),
+            (parts["qwen"], f"{parts['qwen'] / 'config.json'}: model_type 'qwen2'"),
+            (broken_tok, f"{broken_tok}: tokenizer files do not load")):
+        with pytest.raises(ModelFileError) as err:
+            check_videoxl2_dir(model_dir, tokenizer=model_dir == broken_tok)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)

@@ -66,13 +66,15 @@ def data_config(run: RunConfig) -> DataConfig:
 
 def check_init_from(path: str) -> None:
     """`stage.init_from` is a VideoXL2ForCausalLM directory (exported, converted or assembled) whose
-    config.json and safetensors files are readable and complete (headers only, `model.checks`); raises
+    config.json and safetensors files are readable, complete and hold every tensor of the model with its
+    shape (headers only, `model.checks.check_videoxl2_dir`); raises
     ConfigError("stage.init_from", "<file>: <what is wrong>")."""
-    from model.checks import ModelFileError, check_model_dir
+    from model.checks import ModelFileError, check_videoxl2_dir
 
     try:
-        check_model_dir(path, model_types=("videoxl2",),
-                        what="stage.init_from (an exported, converted or assembled VideoXL2ForCausalLM)")
+        check_videoxl2_dir(path,
+                        what="stage.init_from (a VideoXL2ForCausalLM: a stage export, or made by "
+                             "model.convert_official or model.assemble)")
     except ModelFileError as exc:
         raise ConfigError("stage.init_from", str(exc)) from None
 

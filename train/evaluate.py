@@ -243,9 +243,9 @@ def run(cfg: Any) -> dict[str, Any] | None:
     from omegaconf import OmegaConf
 
     from model import VideoXL2ForCausalLM, load_tokenizer
-    from model.checks import check_model_dir
+    from model.checks import check_videoxl2_dir
 
-    check_model_dir(str(cfg.ckpt), model_types=("videoxl2",), tokenizer=True, what="ckpt")  # one-line errors
+    check_videoxl2_dir(str(cfg.ckpt), tokenizer=True, what="ckpt")  # one-line ModelFileError before any compute
     if str(cfg.bench.task) not in BENCH_TASKS:
         raise ValueError(f"bench.task must be one of {sorted(BENCH_TASKS)}, got {cfg.bench.task!r}")
     if str(cfg.prefill) not in ("full", "chunked") or str(cfg.decode) not in ("full", "bilevel"):
