@@ -14,8 +14,9 @@ The released recipe starts from SigLIP-SO400M/384 and Qwen2.5-7B-Instruct (spec,
 - `--llm`: a `Qwen2ForCausalLM` directory (config.json, safetensors shards + index); its config becomes
   `text_config` unchanged: the embedding keeps all its rows (151,936 or 152,064 for Qwen2.5, more than the
   tokenizer's tokens), `vocab_size` stays equal to the embedding and head widths, a tied head stays tied.
-- `--config`: the remaining fields (frames_per_group, interp_grid, video_pool, dts_*, image mean/std);
-  default `videoxl2_7b`. DTS and the projector start fresh (the model's own init, seeded by `--seed`).
+- `--config`: the remaining fields (frames_per_group, interp_grid, video_pool, dts_*); default
+  `videoxl2_7b`. Image mean/std come from the SigLIP directory's `preprocessor_config.json` when present.
+  DTS and the projector start fresh (the model's own init, seeded by `--seed`).
 - The tokenizer comes from the LLM directory or `--tokenizer`, must hold `<|vision_pad|>`, `<|im_start|>`,
   `<|im_end|>`, and gives `vision_pad_token_id`; its files are saved into `--out`.
 - `--dtype keep` (default) writes every copied tensor bit for bit as in its source (fresh tensors take the
@@ -66,6 +67,7 @@ VISION_PROBE = "embeddings.patch_embedding.weight"
 FULL_SIGLIP_PREFIX = "vision_model."
 SIGLIP_UNUSED = ("text_model.", "logit_scale", "logit_bias")
 HEAD_KEY = "llm.lm_head.weight"
+PREPROCESSOR_NAME = "preprocessor_config.json"
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
 
 
@@ -119,6 +121,22 @@ def vision_config_of(raw: dict, config_path: Path) -> tuple[SiglipVisionConfig, 
     data["num_hidden_layers"] = layers - 1
     data["vision_use_head"] = False
     return SiglipVisionConfig.from_dict(data), layers
+
+
+def normalisation_of(vision_dir: Path) -> dict[str, list[float]]:
+    """`image_mean` / `image_std` from the SigLIP directory's `preprocessor_config.json` when it has one
+    (SigLIP's are 0.5 / 0.5, as in the presets), else {} (the preset's values stand)."""
+    path = vision_dir / PREPROCESSOR_NAME
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        out = {k: [float(v) for v in raw[k]] for k in ("image_mean", "image_std") if k in raw}
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+        raise ModelFileError(path, f"corrupt: {exc}") from None
+    if any(len(v) != 3 for v in out.values()):
+        raise ModelFileError(path, f"image_mean/image_std must have 3 values, got {out}")
+    return out
 
 
 def vision_prefix(shapes: dict[str, tuple[int, ...]], vision_dir: Path) -> str:
@@ -236,7 +254,7 @@ def assemble(vision: str | Path, llm: str | Path, out: str | Path, tokenizer: st
                                                   f"tokens ({tok_dir})")
     data = build_preset(config).to_dict()
     data.update(vision_config=vision_cfg.to_dict(), text_config=text_cfg.to_dict(), vision_pad_token_id=pad_id,
-                tokenizer=None)
+                tokenizer=None, **normalisation_of(vision))
     target = VideoXL2Config.from_dict(data)
     tied = bool(target.text_config.tie_word_embeddings)
     expected = expected_shapes(target)

@@ -22,6 +22,8 @@ from model.checks import ModelFileError, check_videoxl2_dir
 from model.weights import TensorShapeError
 
 LAST = VISION["num_hidden_layers"] - 1  # the dropped SigLIP layer
+PREPROCESSOR = {"image_processor_type": "SiglipImageProcessor", "image_mean": [0.25, 0.5, 0.75],
+                "image_std": [0.5, 0.4, 0.3], "size": {"height": 64, "width": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
            "qwen": save_qwen2(root / "qwen", vocab=152064, tied=False),
            "qwen_tied": save_qwen2(root / "qwen_tied", vocab=151936, tied=True, seed=4)}
     out["prefixed"] = prefix_siglip(out["bare"], root / "prefixed")
+    (out["siglip"] / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
     return out
 
 
@@ -59,6 +62,7 @@ def test_parts_copied_bit_for_bit(parts: dict[str, Path], assembled: Path) -> No
     cfg = model.config
     assert cfg.vision_config.num_hidden_layers == VISION["num_hidden_layers"] - 1
     assert cfg.text_config.num_hidden_layers == 2 and cfg.interp_grid == 6  # from the LLM / from --config tiny
+    assert cfg.image_mean == PREPROCESSOR["image_mean"] and cfg.image_std == PREPROCESSOR["image_std"]
     src_vision = source_vision(parts, "siglip")
     tower = model.vision_tower.state_dict()
     assert set(tower) == {k for k in src_vision if kept(k)}

@@ -17,6 +17,7 @@ from assemble_parts import save_qwen2, save_siglip
 from safetensors.torch import load_file
 
 from helpers import REPO, subprocess_env
+from model.checks import check_videoxl2_dir
 from model.weights import weight_files
 from train.build import check_run
 from train.config import ConfigError
@@ -92,3 +93,4 @@ def test_stages_start_from_assembled_and_bad_dirs_fail_before_compute(synth: Pat
             assert torch.equal(export[key], value.to(export[key].dtype)), key
     assert any(not torch.equal(export[k], source[k].to(export[k].dtype)) for k in source if k.startswith("dts."))
     assert (root / "dts" / "export" / "tokenizer.json").read_bytes() == (asm / "tokenizer.json").read_bytes()
+    check_videoxl2_dir(root / "dts" / "export", tokenizer=True)  # what the next stage's init_from goes through
