@@ -204,6 +204,17 @@ def fresh_tensors(config: VideoXL2Config, seed: int, dtype: torch.dtype) -> dict
     return out
 
 
+def target_config(vision_cfg: SiglipVisionConfig, llm_raw: dict, vision_pad_token_id: int,
+                  config: str | Path = "videoxl2_7b", extra: dict | None = None) -> VideoXL2Config:
+    """The assembled model's config: `vision_cfg` (layers kept) as `vision_config`, the LLM's config.json
+    (`llm_raw`) as `text_config` unchanged, the other fields from the preset `config`, then `extra`.
+    Raises ValueError naming the field when the result is inconsistent."""
+    data = build_preset(config).to_dict()
+    data.update(vision_config=vision_cfg.to_dict(), text_config=Qwen2Config.from_dict(llm_raw).to_dict(),
+                vision_pad_token_id=vision_pad_token_id, tokenizer=None, **(extra or {}))
+    return VideoXL2Config.from_dict(data)
+
+
 def _fail_missing(part: str, path: Path, missing: list[str]) -> None:
     if missing:
         raise ModelFileError(path, f"{part} lacks {len(missing)} tensors of the model, e.g. {missing[:5]}")
@@ -247,15 +258,11 @@ def assemble(vision: str | Path, llm: str | Path, out: str | Path, tokenizer: st
     if stored != layers:
         raise ModelFileError(vision / "config.json", f"num_hidden_layers {layers}, but the weights hold {stored} "
                                                      "encoder layers")
-    text_cfg = Qwen2Config.from_dict(llm_raw)
-    vocab = int(text_cfg.vocab_size)
+    target = target_config(vision_cfg, llm_raw, pad_id, config, normalisation_of(vision))
+    vocab = int(target.text_config.vocab_size)
     if len(tok) > vocab:
         raise ModelFileError(llm / "config.json", f"vocab_size {vocab} is smaller than the tokenizer's {len(tok)} "
                                                   f"tokens ({tok_dir})")
-    data = build_preset(config).to_dict()
-    data.update(vision_config=vision_cfg.to_dict(), text_config=text_cfg.to_dict(), vision_pad_token_id=pad_id,
-                tokenizer=None, **normalisation_of(vision))
-    target = VideoXL2Config.from_dict(data)
     tied = bool(target.text_config.tie_word_embeddings)
     expected = expected_shapes(target)
 

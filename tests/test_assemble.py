@@ -16,10 +16,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2ForCausalLM, SiglipModel
 
-from model import VideoXL2ForCausalLM, load_tokenizer
-from model.assemble import assemble, fresh_tensors, main
+from model import VideoXL2ForCausalLM, build_preset, load_tokenizer
+from model.assemble import assemble, fresh_tensors, main, target_config, vision_config_of
 from model.checks import ModelFileError, check_videoxl2_dir
-from model.weights import TensorShapeError
+from model.weights import TensorShapeError, expected_shapes
 
 LAST = VISION["num_hidden_layers"] - 1  # the dropped SigLIP layer
 PREPROCESSOR = {"image_processor_type": "SiglipImageProcessor", "image_mean": [0.25, 0.5, 0.75],
@@ -272,3 +272,33 @@ def test_videoxl2_dir_checks(parts: dict[str, Path], assembled: Path, tmp_path: 
         with pytest.raises(ModelFileError) as err:
             check_videoxl2_dir(model_dir, tokenizer=model_dir == broken_tok)
         assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+# The config.json files of google/siglip-so400m-patch14-384 and Qwen/Qwen2.5-7B-Instruct as published.
+SO400M = {"architectures": ["SiglipModel"], "initializer_factor": 1.0, "model_type": "siglip",
+          "text_config": {"hidden_size": 1152, "intermediate_size": 4304, "model_type": "siglip_text_model",
+                          "num_attention_heads": 16, "num_hidden_layers": 27},
+          "torch_dtype": "float32",
+          "vision_config": {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+                            "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+                            "patch_size": 14}}
+QWEN25_7B = {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+             "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
+             "intermediate_size": 18944, "max_position_embeddings": 32768, "max_window_layers": 28,
+             "model_type": "qwen2", "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4,
+             "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False,
+             "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 152064}
+
+
+def test_released_parts_give_the_7b_preset() -> None:
+    """The public so400m + Qwen2.5-7B-Instruct configs assemble into exactly the `videoxl2_7b` preset's
+    tensors (26 of 27 SigLIP layers kept), built on the meta device."""
+    vision_cfg, layers = vision_config_of(SO400M, Path("config.json"))
+    assert (layers, vision_cfg.num_hidden_layers) == (27, 26)
+    target = target_config(vision_cfg, QWEN25_7B, 151654)
+    preset = build_preset("videoxl2_7b")
+    assert expected_shapes(target) == expected_shapes(preset)
+    for name in ("hidden_act", "layer_norm_eps", "image_size", "patch_size"):
+        assert getattr(target.vision_config, name) == getattr(preset.vision_config, name), name
+    for name in ("rope_parameters", "rms_norm_eps", "tie_word_embeddings", "eos_token_id", "vocab_size"):
+        assert getattr(target.text_config, name) == getattr(preset.text_config, name), name
