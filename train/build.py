@@ -72,16 +72,15 @@ def check_init_from(path: str) -> None:
     from model.checks import ModelFileError, check_videoxl2_dir
 
     try:
-        check_videoxl2_dir(path,
-                        what="stage.init_from (a VideoXL2ForCausalLM: a stage export, or made by "
-                             "model.convert_official or model.assemble)")
+        check_videoxl2_dir(path, what="stage.init_from (a VideoXL2ForCausalLM: a stage export, or made by "
+                                      "model.convert_official or model.assemble)")
     except ModelFileError as exc:
         raise ConfigError("stage.init_from", str(exc)) from None
 
 
 def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | None]:
     """Every check that needs no compute: config rules, model config, tokenizer, data paths,
-    init_from (config kind, weights files' headers and lengths: `check_init_from`). Returns
+    init_from (config kind, weights files' headers, lengths and tensor shapes: `check_init_from`). Returns
     (model_config, tokenizer or None).
 
     `check_paths=False` touches no path: `init_from` is not read (the `model` group's config
