@@ -319,15 +319,18 @@ def run(cfg: Any) -> dict[str, Any] | None:
     """Evaluate per `cfg` (see conf/eval/evaluate.yaml); returns the metrics on rank 0, None elsewhere.
 
     Raises ConfigError for a bad config (before loading anything) and AnnotationError for an unreadable
-    benchmark file or, with ``strict``, any excluded row or missing video.
+    benchmark file or, with ``strict``, any excluded row or missing video; ModelFileError for a `ckpt`
+    whose config, weights or tokenizer files are missing, truncated or of the wrong architecture.
     """
     from model import VideoXL2ForCausalLM, load_tokenizer
+    from model.checks import check_videoxl2_dir
 
     ecfg = to_eval_config(cfg)
     try:
         protocol = resolve_protocol(ecfg)
     except ValueError as exc:
         raise ConfigError("setting.protocol", str(exc)) from exc
+    check_videoxl2_dir(str(ecfg.ckpt), tokenizer=True, what="ckpt")  # one-line ModelFileError before any compute
     info = read_dist_env()
     if info.world_size > 1:
         import torch.distributed as dist
@@ -358,8 +361,8 @@ def run(cfg: Any) -> dict[str, Any] | None:
 
 
 def main() -> None:
-    """Hydra entry point (config: conf/eval/evaluate.yaml). A bad config or an unreadable benchmark file
-    prints one line naming the field/file and exits 2."""
+    """Hydra entry point (config: conf/eval/evaluate.yaml). A bad config, an unreadable benchmark file or
+    a bad `ckpt` directory prints one line naming the field/file and exits 2."""
     import sys
 
     import hydra
@@ -368,10 +371,15 @@ def main() -> None:
 
     @hydra.main(config_path=conf_dir, config_name="evaluate", version_base="1.3")
     def _entry(cfg: Any) -> None:
+        from model.checks import ModelFileError
+
         try:
             metrics = run(cfg)
         except (ConfigError, AnnotationError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except ModelFileError as exc:  # bad ckpt / tokenizer files
+            print(f"error: ckpt: {exc}", file=sys.stderr)
             sys.exit(2)
         if metrics is not None:
             print(json.dumps(metrics["metrics"], indent=2))

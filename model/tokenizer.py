@@ -153,21 +153,32 @@ def load_tokenizer(path_or_name: str | os.PathLike, add_missing: bool = False) -
     they are added as special tokens instead (the model's embedding must then be resized).
     A missing chat template is set to ChatML; a missing pad token is set to ``<|endoftext|>``
     when present.
+
+    Raises `model.checks.ModelFileError` (a ValueError, one line naming the directory) when the
+    directory does not exist, holds no tokenizer files, its files do not load, or a required token is
+    missing (without ``add_missing``).
     """
+    from .checks import ModelFileError, check_tokenizer_files
+
     if str(path_or_name) == "tiny":
         path = tiny_tokenizer_dir()
     else:
         path = Path(path_or_name)
     if not path.is_dir():
-        raise ValueError(f"path_or_name: tokenizer directory {str(path)!r} does not exist")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        raise ModelFileError(path, "tokenizer directory does not exist")
+    check_tokenizer_files(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # what tokenizers/transformers raise for unreadable files varies by file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelFileError(path, f"tokenizer files do not load ({type(exc).__name__}: {first})") from None
     if not isinstance(tok, PreTrainedTokenizerFast):
-        raise ValueError(f"path_or_name: {str(path)!r} did not load a fast tokenizer ({type(tok).__name__})")
+        raise ModelFileError(path, f"did not load a fast tokenizer ({type(tok).__name__})")
     vocab = tok.get_vocab()
     missing = [t for t in REQUIRED_TOKENS if t not in vocab]
     if missing:
         if not add_missing:
-            raise ValueError(f"path_or_name: tokenizer {str(path)!r} lacks required tokens {missing}")
+            raise ModelFileError(path, f"tokenizer lacks required tokens {missing}")
         tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tok.pad_token is None and "<|endoftext|>" in vocab:
         tok.pad_token = "<|endoftext|>"

@@ -264,7 +264,8 @@ def test_unreadable_videos_are_recorded_as_failed(eval_data: dict[str, Path], tm
     preds = [json.loads(x) for x in Path(metrics["predictions"]).read_text().splitlines()]
     assert [p["id"] for p in preds] == [r["id"] for r in records]
     assert "error" not in preds[0] and preds[0]["num_frames"] == 4
-    assert preds[1]["error"].startswith("RuntimeError: cannot decode video") and preds[1]["video"].endswith(".mp4")
+    assert preds[1]["error"].startswith("SampleFault: bad_video: ") and "cannot decode the video" in preds[1]["error"]
+    assert preds[1]["video"].endswith(".mp4")
     assert preds[2]["error"].startswith("FileNotFoundError: video not found")
     assert all(p["parsed"] is None and p["correct"] is False and p["token_ids"] == [] for p in preds[1:])
     m = metrics["metrics"]

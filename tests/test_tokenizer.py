@@ -70,7 +70,7 @@ def test_regeneration_matches_shipped_assets(tmp_path: Path) -> None:
 
 
 def test_load_errors_and_add_missing(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="path_or_name"):
+    with pytest.raises(ValueError, match="nope: tokenizer directory does not exist"):
         load_tokenizer(tmp_path / "nope")
     raw = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())},
                                merges=[]))

@@ -64,9 +64,24 @@ def data_config(run: RunConfig) -> DataConfig:
     return dataclasses.replace(run.data, train=stage_train)
 
 
+def check_init_from(path: str) -> None:
+    """`stage.init_from` is a VideoXL2ForCausalLM directory (exported, converted or assembled) whose
+    config.json and safetensors files are readable, complete and hold every tensor of the model with its
+    shape (headers only, `model.checks.check_videoxl2_dir`); raises
+    ConfigError("stage.init_from", "<file>: <what is wrong>")."""
+    from model.checks import ModelFileError, check_videoxl2_dir
+
+    try:
+        check_videoxl2_dir(path, what="stage.init_from (a VideoXL2ForCausalLM: a stage export, or made by "
+                                      "model.convert_official or model.assemble)")
+    except ModelFileError as exc:
+        raise ConfigError("stage.init_from", str(exc)) from None
+
+
 def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | None]:
     """Every check that needs no compute: config rules, model config, tokenizer, data paths,
-    init_from. Returns (model_config, tokenizer or None).
+    init_from (config kind, weights files' headers, lengths and tensor shapes: `check_init_from`). Returns
+    (model_config, tokenizer or None).
 
     `check_paths=False` touches no path: `init_from` is not read (the `model` group's config
     stands in for it, e.g. for a later pipeline stage whose export does not exist yet), a missing
@@ -77,8 +92,7 @@ def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | N
         raise ConfigError("stage.init_from", "finetune starts from a trained model: set stage.init_from to a "
                           "converted (model.convert_official), assembled (model.assemble) or exported model directory")
     if check_paths and run.stage.init_from is not None:
-        if not (Path(run.stage.init_from) / "config.json").is_file():
-            raise ConfigError("stage.init_from", f"{run.stage.init_from!r} holds no exported model (config.json)")
+        check_init_from(run.stage.init_from)
     mcfg = model_config(run, read_init_from=check_paths)
     tok = None
     name = tokenizer_name(run, mcfg)
