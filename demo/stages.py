@@ -1,6 +1,6 @@
 """The demo's training: the four stages on this machine, in one process or in `ranks` processes.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=R -m train.demo_stages <demo_config.yaml>
+    python -m torch.distributed.run --standalone --nproc_per_node=R -m demo.stages <demo_config.yaml>
 
 is what :func:`train_in_ranks` starts when ``ranks > 1`` (every rank trains its share of each global
 batch; rank 0 writes ``<out>/runs/stages.json``). On a few CPU cores, R single-threaded ranks beat one
@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.demo_eval import flatten
+from demo.overrides import flatten
 
 STAGES_FILE = "stages.json"  # under <out>/runs: one summary per trained stage
 
@@ -73,7 +73,7 @@ def train_in_ranks(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
     rows_path.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-           "-m", "train.demo_stages", str(config_path)]
+           "-m", "demo.stages", str(config_path)]
     proc = subprocess.run(cmd, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"training ranks failed (exit status {proc.returncode}); command: {' '.join(cmd)}")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: python -m train.demo_stages <demo_config.yaml>")
+        raise SystemExit("usage: python -m demo.stages <demo_config.yaml>")
     cfg = OmegaConf.load(args[0])
     assert isinstance(cfg, DictConfig)
     out = Path(str(cfg.out))

@@ -1,13 +1,13 @@
 """`make demo`: generate data, train the four stages, evaluate, sweep, and write the report.
 
-    python -m train.demo [key=value ...]     # overrides of conf/demo.yaml (OmegaConf dotted keys)
+    python -m demo [key=value ...]     # overrides of demo/demo.yaml (OmegaConf dotted keys)
 
 Steps: data.synth into ``<out>/data`` (and, when ``short_data`` is set, a short-video set into
 ``<out>/data/short`` for the stages that name it); dts -> align -> sft -> long on the tiny preset, each from the
-previous stage's export (train.pipeline.run_pipeline, in ``ranks`` processes: train/demo_stages.py);
+previous stage's export (train.pipeline.run_pipeline, in ``ranks`` processes: demo/stages.py);
 every bench on the held-out test split with full attention and with chunked prefill
 + bi-level decoding; a needle sweep over longer generated videos; ``<out>/report.md``,
-``<out>/metrics.json`` and PNG plots (train/report.py); a summary table on stdout.
+``<out>/metrics.json`` and PNG plots (demo/report.py, demo/plots.py); a summary table on stdout.
 """
 
 from __future__ import annotations
@@ -24,19 +24,30 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.demo_eval import blind_baseline, evaluate_all, needle_sweep
-from train.demo_stages import train_in_ranks
+from demo.evaluate import blind_baseline, evaluate_all, needle_sweep
+from demo.stages import train_in_ranks
 from train.engine import build_comm_ops
 
-REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = Path(__file__).resolve().with_name("demo.yaml")
 ENV_DEFAULTS = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false"}
 
 
 def load_config(argv: list[str]) -> DictConfig:
-    """conf/demo.yaml merged with dotted ``key=value`` overrides."""
-    cfg = OmegaConf.load(REPO / "conf" / "demo.yaml")
+    """demo/demo.yaml merged with dotted ``key=value`` overrides.
+
+    Raises ValueError naming the argument when one is not ``key=value`` or its value does not parse
+    (e.g. an unclosed list)."""
+    cfg = OmegaConf.load(DEMO_CONFIG)
     assert isinstance(cfg, DictConfig)
+    for arg in argv:
+        if "=" not in arg or arg.startswith("="):
+            raise ValueError(f"argument {arg!r} is not a key=value override of {DEMO_CONFIG}")
+        try:
+            OmegaConf.from_dotlist([arg])
+        except Exception as exc:  # omegaconf/yaml parse errors: one line, no traceback
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cannot parse override {arg!r}: {first}") from None
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
 
 
@@ -60,12 +71,21 @@ def generate_data(settings: DictConfig, out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the whole demo; returns the metrics written to metrics.json."""
-    from train.report import print_summary, write_report
+    """Run the whole demo; returns the metrics written to metrics.json (``{}`` for ``--help``). A bad
+    override exits with status 2 and one line on stderr."""
+    from demo.report import print_summary, write_report
 
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return {}
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    cfg = load_config(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args)
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
@@ -97,7 +117,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = write_report(out, cfg, manifest, stages, evals, sweep, walls, blind)
     print_summary(metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    main()

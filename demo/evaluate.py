@@ -1,4 +1,4 @@
-"""Evaluation part of the demo: every bench in every inference mode, and a needle sweep over length.
+"""The demo's evaluation: every bench in every inference mode, and a needle sweep over length.
 
 Uses the `evaluation.runner` API per sample (so the demo can show a progress bar) and writes the same
 files as `python -m evaluation`: ``<name>.json`` (metrics + settings) and
@@ -7,7 +7,6 @@ files as `python -m evaluation`: ``<name>.json`` (metrics + settings) and
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,38 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from demo.overrides import flatten, hydra_value
 from evaluation.runner import evaluate_sample, load_samples, resolve_protocol, to_eval_config, write_outputs
 
 EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "eval"
-
-
-def flatten(tree: Any, prefix: str = "") -> list[str]:
-    """Nested mapping -> Hydra ``a.b=value`` overrides (lists as ``[x,y]``, None as ``null``)."""
-    if isinstance(tree, DictConfig):
-        tree = OmegaConf.to_container(tree, resolve=True)
-    out: list[str] = []
-    for key, value in (tree or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.extend(flatten(value, name + "."))
-        else:
-            out.append(f"{name}={hydra_value(value)}")
-    return out
-
-
-def hydra_value(value: Any) -> str:
-    """A plain value written as a Hydra override value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str) and not re.fullmatch(r"[\w.+\-/]*", value):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return str(value)
 
 
 def compose_eval(overrides: list[str]) -> DictConfig:

@@ -1,8 +1,8 @@
 """The demo report: ``metrics.json``, PNG plots (matplotlib Agg) and ``report.md``, plus a stdout summary.
 
 Inputs are what the demo produced: stage summaries (with each stage's ``metrics.jsonl``), the
-per-bench evaluation metrics of `train.evaluate` (``{mode: {bench: {"metrics": ...}}}``) and the
-needle sweep rows. Everything in the report is read from those; nothing is recomputed by hand.
+per-bench evaluation metrics (demo/evaluate.py: ``{mode: {bench: {"metrics": ...}}}``) and the needle
+sweep rows. Everything in the report is read from those; nothing is recomputed by hand.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def goals(evals: dict[str, dict[str, Any]], gap: dict[str, dict[str, float]]) ->
 def build_metrics(cfg: DictConfig, manifest: dict[str, Any], stages: list[dict[str, Any]],
                   evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float],
                   blind: dict[str, float]) -> dict[str, Any]:
-    """The metrics.json content (`blind`: scores of a video-free guesser, see demo_eval.blind_baseline)."""
+    """The metrics.json content (`blind`: scores of a video-free guesser, see demo.evaluate.blind_baseline)."""
     summary = {mode: eval_summary(b) for mode, b in evals.items()}
     gap = gaps(summary)
     return {
@@ -104,7 +104,7 @@ def write_report(out: Path, cfg: DictConfig, manifest: dict[str, Any], stages: l
                  evals: dict[str, dict[str, Any]], sweep: list[dict[str, Any]], walls: dict[str, float],
                  blind: dict[str, float]) -> dict[str, Any]:
     """Write metrics.json, the plots and report.md under `out`; returns the metrics."""
-    from train.report_plots import plot_all
+    from demo.plots import plot_all
 
     metrics = build_metrics(cfg, manifest, stages, evals, sweep, walls, blind)
     metrics["plots"] = plot_all(out, metrics)
@@ -173,9 +173,9 @@ def render_markdown(m: dict[str, Any]) -> str:
               "yields caption, MCQ, grounding, (when it has one) needle and, if listed, a multi-turn `qa` sample "
               "(training only); splits never share a video.", "",
               "## Training stages", "", *stage_table(m["stages"]), "",
-              f"Trained by {m['stages'][0].get('ranks', 1)} rank(s) (`ranks` in conf/demo.yaml); batch is the global "
+              f"Trained by {m['stages'][0].get('ranks', 1)} rank(s) (`ranks` in demo/demo.yaml); batch is the global "
               "batch of a step. Validation loss: the stage's loss over the whole val split (`loop.eval_every_steps` "
-              "in conf/demo.yaml, and at the last step).", "", "![loss curves](loss_curves.png)", "",
+              "in demo/demo.yaml, and at the last step).", "", "![loss curves](loss_curves.png)", "",
               "## Evaluation on the held-out test split", "",
               "`full`: full attention prefill and full KV decoding; `sparse`: chunked prefill + bi-level decoding "
               f"(inference knobs {s['eval']['inference']}).", "", *eval_table(m["eval"], m.get("blind_baseline")), "",

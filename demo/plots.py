@@ -1,4 +1,7 @@
-"""PNG plots of the demo report (matplotlib, Agg backend): losses, accuracy by length, efficiency."""
+"""PNG plots of the demo report (matplotlib, Agg backend): losses, accuracy by length, efficiency.
+
+matplotlib is the `demo` extra (`pip install -e ".[demo]"`, installed by `make demo`); it is imported only
+when a plot is drawn, so nothing else in the project needs it."""
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ def _save(fig: Any, plt: Any, out: Path, name: str) -> str:
 def plot_losses(out: Path, stages: list[dict[str, Any]]) -> str:
     """One panel per stage, from each stage's metrics.jsonl: the training loss per step and, when the stage
     validated, the validation loss (`val/loss`) at its steps."""
-    from train.report import read_losses
+    from demo.report import read_losses
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 2.8), squeeze=False)
