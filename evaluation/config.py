@@ -12,8 +12,7 @@ from typing import Any
 
 from evaluation.answers import PROTOCOLS
 from evaluation.prompts import BENCHMARK_FORMATS
-from train.config import ConfigError
-from train.config import _build as build_dataclass
+from train.config import ConfigError, build_dataclass
 
 BENCH_TASKS: dict[str, str] = {"mcq": "mcq", "grounding": "grounding", "niah": "needle", "needle": "needle"}
 FORMATS: tuple[str, ...] = ("synth", "records", *BENCHMARK_FORMATS)

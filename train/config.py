@@ -234,7 +234,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, path)
+        return build_dataclass(tp, value, path)
     origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -278,7 +278,10 @@ def data_error(exc: Exception, prefix: str) -> ConfigError:
     return ConfigError(prefix, text)
 
 
-def _build(cls: type, raw: dict[str, Any], path: str) -> Any:
+def build_dataclass(cls: type, raw: dict[str, Any], path: str) -> Any:
+    """An instance of the dataclass `cls` from the mapping `raw`, each value coerced to its field's type
+    (nested dataclasses, lists, dicts, optionals). Raises ConfigError naming `path.<field>` for an unknown
+    key or a value of the wrong type."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
@@ -299,7 +302,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     """Build a `RunConfig` from a resolved plain mapping (presets were merged by Hydra's defaults list)."""
     raw = dict(raw)
     raw.pop("hydra", None)
-    run: RunConfig = _build(RunConfig, raw, "")
+    run: RunConfig = build_dataclass(RunConfig, raw, "")
     return run
 
 

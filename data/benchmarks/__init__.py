@@ -111,20 +111,9 @@ def read_charades_sta(path: str | Path, video_root: str | Path | None = None,
     return charades.read(path, video_root, strict=True, durations=durations).samples
 
 
-# Readers with the (path, video_root[, durations]) -> list[EvalSample] signature that
-# train.evaluate's `load_samples` calls; new code should call `read_benchmark`.
-READERS: dict[str, Callable[..., list[EvalSample]]] = {
-    "mlvu": read_mlvu,
-    "videomme": read_videomme,
-    "lvbench": read_lvbench,
-    "longvideobench": read_longvideobench,
-    "charades": read_charades_sta,
-    "records": read_records,
-}
-
 __all__ = [
     "BENCHMARK_READERS", "DEFAULT_GROUNDING_TEMPLATE", "DEFAULT_MCQ_TEMPLATE", "EVAL_TASKS", "FORMATS", "LETTERS",
-    "READERS", "VIDEO_EXTENSIONS", "AnnotationError", "BenchmarkRead", "EvalSample", "Exclusion", "format_prompt",
+    "VIDEO_EXTENSIONS", "AnnotationError", "BenchmarkRead", "EvalSample", "Exclusion", "format_prompt",
     "read_benchmark", "read_charades_durations", "read_charades_sta", "read_longvideobench", "read_lvbench",
     "read_mlvu", "read_records", "read_synth_shards", "read_videomme", "record_to_sample",
 ]
