@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from train import checkpoint as ckpt
+from train import reshard
 from train.config import RunConfig
 from train.engine import DistEnv, all_reduce_max, all_reduce_sum
 from train.feature_cache import FrozenFeatureCache
@@ -227,8 +228,12 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     if run.checkpoint.resume is None and dist.is_main and ckpt.list_complete(ckpt_root):
         earlier = ckpt.set_aside(ckpt_root)
     steps_total = build.total_steps(run, dist.world_size)
+    layout = reshard.Layout(world_size=dist.world_size, data_parallel=dist.world_size)
+    other_world = resume_path is not None and reshard.needs_reshard(reshard.saved_layout(resume_path), layout)
 
     init_distributed(dist)  # also selects this rank's device (LOCAL_RANK)
+    if other_world:
+        reshard.prepare(resume_path, dist.rank)  # type: ignore[arg-type]
     seed_everything(run.seed)  # identical initial weights on every rank
     parts = build.build_train_module(run, model_cfg)
     module = parts.train_module
@@ -240,7 +245,10 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     groups = param_groups(trainable, run.stage.lr, run.stage.weight_decay)
     optimizer = build_optimizer(groups, tuple(run.loop.adam_betas), run.loop.adam_eps)  # type: ignore[arg-type]
     schedule = build_schedule(run.stage.schedule, steps_total)
-    engine = build_engine(module, optimizer, schedule, deepspeed_config(run.deepspeed, run.loop))
+    ds_config = deepspeed_config(run.deepspeed, run.loop)
+    if other_world:  # ZeRO partitions written for another world size: DeepSpeed's universal load
+        ds_config["checkpoint"] = {"load_universal": True}
+    engine = build_engine(module, optimizer, schedule, ds_config)
     engine.train()
     dev = torch.device(engine.device)  # where DeepSpeed put this rank's module
 
@@ -248,7 +256,12 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
 
     loader = _train_loader(run, tokenizer, parts.model_cfg, dist, num_workers=run.loop.loader_workers, loop=True)
     state = LoopState()
-    if resume_path is not None:
+    if resume_path is not None and other_world:
+        trainer_state, loader_state = reshard.load_resharded(engine, resume_path, dist.rank, loader.plan)
+        state = LoopState.from_dict(trainer_state)
+        loader.load_state_dict(loader_state)
+        seed_everything(run.seed + 1000 * dist.rank + 1 + 7919 * state.step)  # no old rank's stream fits
+    elif resume_path is not None:
         trainer_state, loader_state = ckpt.load_checkpoint(engine, resume_path, dist.rank)
         state = LoopState.from_dict(trainer_state)
         loader.load_state_dict(loader_state)
@@ -268,14 +281,16 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                          feature_cache=parts.train_module.feature_cache)
     result = LoopResult(state=state)
     if resume_path is not None:
-        logger.event("resume", state.step, checkpoint=str(resume_path))
+        extra = {"from_world_size": reshard.saved_layout(resume_path).world_size} if other_world else {}
+        logger.event("resume", state.step, checkpoint=str(resume_path), **extra)
     if calibration is not None:
         logger.event("projector_calibrated", state.step, **calibration)
     if earlier is not None:
         logger.event("earlier_checkpoints_set_aside", state.step, moved_to=str(earlier))
 
     def save() -> None:
-        ckpt.save_checkpoint(engine, ckpt_root, state.step, state.to_dict(), loader.state_dict(), dist.rank,
+        saved = {**state.to_dict(), "world_size": layout.world_size, "data_parallel": layout.data_parallel}
+        ckpt.save_checkpoint(engine, ckpt_root, state.step, saved, loader.state_dict(), dist.rank,
                              run.checkpoint.keep_last_k)
 
     batches = iter(loader)
