@@ -126,3 +126,54 @@ def test_two_rank_loss_and_grads_equal_single_process(tmp_path: Path) -> None:
                                            rtol=1e-4, atol=1e-6, msg=f"{case} {name}")
     first = torch.load(tmp_path / "rank0.pt", weights_only=True)
     assert not torch.isclose(first["visibility/loss"], first["padded/loss"])  # the mask changed something
+
+
+@pytest.mark.parametrize("overrides", [
+    ["stage=sft", "loop.sequence_parallel=0"],
+    ["stage=dts", "loop.sequence_parallel=2"],  # no LLM in the DTS reconstruction loss
+    ["stage=long", "loop.sequence_parallel=2", "+stage.chunked_attention={fraction: 0.5, bilevel_fraction: 0.5}"],
+    ["stage=sft", "loop.sequence_parallel=3"],  # the tiny LLM has 4 heads
+])
+def test_bad_sequence_parallel_config_is_one_line(overrides: list[str]) -> None:
+    from test_config import composed
+
+    from train.build import check_run
+    from train.config import parse_run_config
+
+    with pytest.raises(ConfigError) as err:
+        check_run(parse_run_config(composed(["model=tiny", *overrides])), check_paths=False)
+    assert err.value.field == "loop.sequence_parallel" and "\n" not in str(err.value)
+
+
+def _train(synth: Path, out: Path, ranks: int, *extra: str) -> dict[int, dict]:
+    import json
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    args = ["stage=sft", "model=tiny", "data=synth", f"data.root={synth}", "preset=tiny", "stage.init_from=null",
+            f"output_root={out}", "deepspeed.precision=fp32", "loop.max_steps=2", "loop.micro_batch_size=2",
+            "loop.loader_workers=0", "logging.tqdm=false", "checkpoint.export=false", *extra]
+    launch = [sys.executable, "-m", "train"] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+        str(free_port()), "-m", "train"]
+    proc = subprocess.run(launch + args, cwd=Path(__file__).resolve().parents[1],
+                          env=subprocess_env(WANDB_MODE="disabled"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = map(json.loads, (out / "sft" / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r for r in records if "loss" in r}
+
+
+@pytest.mark.slow
+def test_trainer_two_ranks_one_sequence_equals_one_rank(synth: Path, tmp_path: Path) -> None:
+    """`python -m train` with loop.sequence_parallel=2 on 2 ranks (one data-parallel group, so the same
+    batches) gives the single-rank run's per-step losses and gradient norms, under ZeRO-2 and ZeRO-3."""
+    ref = _train(synth, tmp_path / "one", 1, "deepspeed=zero2")
+    for zero in ("zero2", "zero3"):
+        got = _train(synth, tmp_path / zero, 2, f"deepspeed={zero}", "loop.sequence_parallel=2")
+        assert sorted(got) == sorted(ref) == [1, 2]
+        for step in ref:
+            for key in ("loss", "grad_norm"):
+                assert got[step][key] == pytest.approx(ref[step][key], rel=1e-5), (zero, step, key)
+            assert got[step]["samples_per_s"] * got[step]["step_time_s"] == pytest.approx(2.0)  # counted once

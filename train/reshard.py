@@ -1,4 +1,4 @@
-"""Resume a checkpoint on another number of data-parallel ranks (a job requeued on fewer or more GPUs).
+"""Resume a checkpoint on another number of ranks (a job requeued on fewer or more GPUs).
 
 DeepSpeed's ZeRO files are partitioned for the data-parallel world size that wrote them; loading
 them on another one fails. On such a resume the trainer (train/trainer.py) does, automatically:
@@ -41,7 +41,8 @@ _ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_00_model_states\.pt$")
 
 @dataclass(frozen=True)
 class Layout:
-    """How a run was spread: all ranks, and the ranks that hold distinct data (and ZeRO partitions)."""
+    """How a run was spread: all ranks (over which ZeRO partitions), and the data-parallel ranks, which
+    read distinct data (world / sequence-parallel degree)."""
 
     world_size: int
     data_parallel: int
@@ -63,8 +64,9 @@ def saved_layout(path: Path) -> Layout:
 
 
 def needs_reshard(saved: Layout, now: Layout) -> bool:
-    """True when the ZeRO partitions or the data streams of `saved` do not fit `now`."""
-    return saved.data_parallel != now.data_parallel
+    """True when the ZeRO partitions (over all ranks) or the data streams (over data-parallel ranks)
+    of `saved` do not fit `now`."""
+    return saved != now
 
 
 def convert_to_universal(path: Path) -> Path:
@@ -158,7 +160,7 @@ def load_resharded(engine: Any, path: Path, rank: int, plan: Any) -> tuple[dict[
                                                   load_lr_scheduler_states=True)
     except Exception as exc:  # DeepSpeed's own errors are long tracebacks: say what failed first
         raise RuntimeError(f"checkpoint {path}: loading its universal form ({UNIVERSAL_TAG}/) written by "
-                           f"{saved.data_parallel} data-parallel ranks failed: {type(exc).__name__}: {exc}") from exc
+                           f"{saved.world_size} ranks failed: {type(exc).__name__}: {exc}") from exc
     if load_path is None:
         raise RuntimeError(f"DeepSpeed found no state under {path}/{UNIVERSAL_TAG}")
     restore_frozen(engine, path / "ds")
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {path} is not a complete checkpoint (no COMPLETE marker or ds/ folder)", file=sys.stderr)
         return 2
     out = convert_to_universal(path)
-    print(f"wrote {out} ({saved_layout(path).data_parallel} data-parallel ranks -> any)")
+    print(f"wrote {out} (written by {saved_layout(path).world_size} ranks; loads on any number)")
     return 0
 
 

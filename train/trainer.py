@@ -82,8 +82,10 @@ class StepLoop:
     def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, grad_accum: int,
                  max_consecutive_nonfinite: int, vision_pad_token_id: int | None,
                  flops: FlopModel | None, peak_flops_per_device: float,
-                 skip_reasons: tuple[str, ...] = (), feature_cache: FrozenFeatureCache | None = None) -> None:
+                 skip_reasons: tuple[str, ...] = (), feature_cache: FrozenFeatureCache | None = None,
+                 sequence_parallel: int = 1) -> None:
         self.engine = engine
+        self.sequence_parallel = sequence_parallel  # ranks that see the same batch (counted once in metrics)
         self.feature_cache = feature_cache  # the module's memo of frozen features, reported in the metrics
         self.dist = dist
         self.dev = dev
@@ -146,10 +148,11 @@ class StepLoop:
                 local["visual_tokens"] += float((ids == self.vision_pad).sum())
         keys = list(local)
         *sums, loss_total = all_reduce_sum([local[k] for k in keys] + [loss_sum], self.dev)
-        reduced = dict(zip(keys, sums, strict=True))
+        reduced = {k: v / self.sequence_parallel for k, v in zip(keys, sums, strict=True)}
         loss_mean = loss_total / (self.grad_accum * self.dist.world_size)
         reasons = sorted(set(self.skip_reasons) | set(skipped))  # same keys, same order on every rank
-        skipped_total = all_reduce_sum([float(skipped.get(r, 0)) for r in reasons], self.dev) if reasons else []
+        skipped_total = [c / self.sequence_parallel for c in
+                         all_reduce_sum([float(skipped.get(r, 0)) for r in reasons], self.dev)] if reasons else []
         dt = time.perf_counter() - t0
         state.step += 1
         state.samples += int(reduced["samples"])
@@ -200,14 +203,16 @@ def _calibrate_projector(run: RunConfig, module: Any, tokenizer: Any, model_cfg:
 
 
 def _train_loader(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEnv, *, num_workers: int,
-                  loop: bool) -> Any:
-    """This rank's loader of the stage's training data (its sources, tasks, frames and length bounds)."""
+                  loop: bool, data_rank: tuple[int, int] | None = None) -> Any:
+    """This rank's loader of the stage's training data (its sources, tasks, frames and length bounds);
+    `data_rank` = (rank, world) among the ranks that read distinct data (default: all ranks)."""
     from data.loader import build_loader
     from train import build
 
+    rank, world = data_rank if data_rank is not None else (dist.rank, dist.world_size)
     return build_loader(build.data_config(run), tokenizer, model_cfg, split="train",
-                        batch_size=run.loop.micro_batch_size, num_workers=num_workers, rank=dist.rank,
-                        world_size=dist.world_size, seed=run.seed, frames_upbound=run.stage.frames_upbound,
+                        batch_size=run.loop.micro_batch_size, num_workers=num_workers, rank=rank,
+                        world_size=world, seed=run.seed, frames_upbound=run.stage.frames_upbound,
                         fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=loop,
                         tasks=run.stage.data.tasks)
 
@@ -218,6 +223,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     from train.engine import build_engine, deepspeed_config, init_distributed, read_dist_env
     from train.logging_utils import flop_model_for, resolve_wandb_mode
     from train.optim import build_optimizer, build_schedule, param_groups
+    from train.sequence_parallel import data_parallel, install, new_group
 
     dist = read_dist_env()
     model_cfg, tokenizer = build.check_run(run)  # all config errors surface here, before any compute
@@ -227,8 +233,10 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     earlier = None  # a fresh run must not mix its checkpoints with an earlier run's in the same dir
     if run.checkpoint.resume is None and dist.is_main and ckpt.list_complete(ckpt_root):
         earlier = ckpt.set_aside(ckpt_root)
-    steps_total = build.total_steps(run, dist.world_size)
-    layout = reshard.Layout(world_size=dist.world_size, data_parallel=dist.world_size)
+    sp_degree = run.loop.sequence_parallel
+    dp_rank, dp_world = data_parallel(dist.rank, dist.world_size, sp_degree)  # the loader's rank and world
+    steps_total = build.total_steps(run, dp_world)
+    layout = reshard.Layout(world_size=dist.world_size, data_parallel=dp_world)
     other_world = resume_path is not None and reshard.needs_reshard(reshard.saved_layout(resume_path), layout)
 
     init_distributed(dist)  # also selects this rank's device (LOCAL_RANK)
@@ -240,6 +248,9 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     calibration = None
     if run.stage.calibrate_projector.batches and resume_path is None:  # a resumed run loads calibrated weights
         calibration = _calibrate_projector(run, module, tokenizer, parts.model_cfg, dist)
+    if sp_degree > 1:  # every rank creates every group, then the LLM (only) attends through Ulysses
+        module.sequence_parallel = new_group(dist.rank, dist.world_size, sp_degree)
+        install(module.model.llm, module.sequence_parallel)
     flops = flop_model_for(module, run.stage.trainable)
     trainable = {name: module.trainable_modules()[name] for name in run.stage.trainable}
     groups = param_groups(trainable, run.stage.lr, run.stage.weight_decay)
@@ -254,7 +265,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
 
     from data.faults import REASONS
 
-    loader = _train_loader(run, tokenizer, parts.model_cfg, dist, num_workers=run.loop.loader_workers, loop=True)
+    loader = _train_loader(run, tokenizer, parts.model_cfg, dist, num_workers=run.loop.loader_workers, loop=True,
+                           data_rank=(dp_rank, dp_world))
     state = LoopState()
     if resume_path is not None and other_world:
         trainer_state, loader_state = reshard.load_resharded(engine, resume_path, dist.rank, loader.plan)
@@ -278,7 +290,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     step_loop = StepLoop(engine, dist, dev, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
                          run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS,
-                         feature_cache=parts.train_module.feature_cache)
+                         feature_cache=parts.train_module.feature_cache, sequence_parallel=sp_degree)
     result = LoopResult(state=state)
     if resume_path is not None:
         extra = {"from_world_size": reshard.saved_layout(resume_path).world_size} if other_world else {}
