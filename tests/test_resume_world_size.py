@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 FROZEN = ("model.vision_tower.", "model.dts.")
 
 
-def run(synth: Path, out: Path, ranks: int, *extra: str) -> None:
+def run(synth: Path, out: Path, ranks: int, *extra: str, expect: int = 0) -> str:
     args = ["stage=sft", "model=tiny", "data=synth", f"data.root={synth}", "preset=tiny", "stage.init_from=null",
             f"output_root={out}", "deepspeed.precision=fp32", "loop.micro_batch_size=1", "loop.loader_workers=0",
             "stage.trainable=[projector,llm]", "stage.lr={projector:2.0e-3,llm:1.0e-3}", "logging.tqdm=false",
@@ -36,7 +36,8 @@ def run(synth: Path, out: Path, ranks: int, *extra: str) -> None:
         str(free_port()), "-m", "train"]
     proc = subprocess.run(launch + args, cwd=REPO, env=subprocess_env(WANDB_MODE="disabled"), capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == expect, proc.stderr[-4000:]
+    return proc.stderr
 
 
 def records(stage_dir: Path) -> list[dict]:
@@ -100,6 +101,15 @@ def test_zero2_two_ranks_to_one_and_back(synth: Path, tmp_path: Path) -> None:
     assert resume and resume[0]["from_world_size"] == 2
     ref, one = lrs(a / "sft"), lrs(b / "sft")
     assert one[3] == ref[3] and one[4] == ref[4] and one[3]["lr/projector"] == 2 * one[3]["lr/llm"]
+
+    # a checkpoint that cannot be converted (a ZeRO partition missing): one line saying why and how
+    broken = tmp_path / "broken"
+    shutil.copytree(a / "sft" / "checkpoints" / "step-00000004", broken)
+    (broken / "ds" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    err = run(synth, tmp_path / "e", 1, "deepspeed=zero2", "loop.max_steps=4", f"checkpoint.resume={broken}", expect=2)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("config error: checkpoint.resume:") and "written by 2 ranks" in last, last
+    assert "resume it on 2 ranks" in last
 
     # 1 -> 2 from the resumed run's step 3: frozen values still the perturbed ones
     run(synth, d, 2, "deepspeed=zero2", "loop.max_steps=4", f"checkpoint.resume={b / 'sft' / 'checkpoints' / 'step-00000003'}")

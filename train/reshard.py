@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from train import checkpoint as ckpt
+from train.config import ConfigError
 
 UNIVERSAL_TAG = "ds_universal"
 _RANK_FILE = re.compile(r"^rank(\d{5})\.json$")
@@ -97,12 +98,22 @@ def convert_to_universal(path: Path) -> Path:
     return out
 
 
-def prepare(path: Path, rank: int) -> None:
-    """Collective: rank 0 converts `path` to a universal checkpoint, the others wait."""
+def prepare(path: Path, rank: int, world_size: int) -> None:
+    """Collective: rank 0 converts `path` to a universal checkpoint, the others wait. A conversion
+    that fails raises ConfigError (``checkpoint.resume``, one line saying why and how) on every rank."""
+    failure = [None]
     if rank == 0:
-        convert_to_universal(path)
+        try:
+            convert_to_universal(path)
+        except Exception as exc:  # reported on every rank, as one line, below
+            failure[0] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        torch.distributed.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        saved = saved_layout(path).world_size
+        raise ConfigError("checkpoint.resume", f"{path} was written by {saved} ranks and cannot be converted for "
+                          f"{world_size} ({failure[0]}); resume it on {saved} ranks, or run `python -m "
+                          "train.reshard` on it for the full error")
 
 
 def _load(file: Path) -> dict[str, Any]:
@@ -168,7 +179,11 @@ def load_resharded(engine: Any, path: Path, rank: int, plan: Any) -> tuple[dict[
     old_states = [json.loads((path / f"rank{d * saved.sequence_parallel:05d}.json").read_text())["loader"]
                   for d in range(saved.data_parallel)]
     trainer_state = json.loads((path / "trainer_state.json").read_text())
-    return trainer_state, remap_state(plan, old_states)
+    try:
+        return trainer_state, remap_state(plan, old_states)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError("checkpoint.resume", f"{path}: the data position cannot be remapped to this world size "
+                          f"({exc}); resume with the checkpoint's data config on {saved.world_size} ranks") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

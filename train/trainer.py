@@ -241,7 +241,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
 
     init_distributed(dist)  # also selects this rank's device (LOCAL_RANK)
     if other_world:
-        reshard.prepare(resume_path, dist.rank)  # type: ignore[arg-type]
+        reshard.prepare(resume_path, dist.rank, dist.world_size)  # type: ignore[arg-type]
     seed_everything(run.seed)  # identical initial weights on every rank
     parts = build.build_train_module(run, model_cfg)
     module = parts.train_module
