@@ -83,6 +83,10 @@ def convert_to_universal(path: Path) -> Path:
     out = path / UNIVERSAL_TAG
     if out.is_dir():
         return out
+    ranks = saved_layout(path).world_size
+    found = len(list((path / "ds").glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    if found != ranks:
+        raise RuntimeError(f"{path / 'ds'} holds {found} ZeRO optimizer partitions, the run had {ranks} ranks")
     tmp = path / f".tmp-{UNIVERSAL_TAG}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -169,9 +173,11 @@ def load_resharded(engine: Any, path: Path, rank: int, plan: Any) -> tuple[dict[
         with ckpt.weights_only_loading():
             load_path, _ = engine.load_checkpoint(str(path), tag=UNIVERSAL_TAG, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
-    except Exception as exc:  # DeepSpeed's own errors are long tracebacks: say what failed first
-        raise RuntimeError(f"checkpoint {path}: loading its universal form ({UNIVERSAL_TAG}/) written by "
-                           f"{saved.world_size} ranks failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # DeepSpeed's own errors are long tracebacks: one line with what to do
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError("checkpoint.resume", f"{path} was written by {saved.world_size} ranks; loading its "
+                          f"universal form {UNIVERSAL_TAG}/ failed ({reason}); delete {UNIVERSAL_TAG}/ to convert "
+                          f"again, or resume it on {saved.world_size} ranks") from exc
     if load_path is None:
         raise RuntimeError(f"DeepSpeed found no state under {path}/{UNIVERSAL_TAG}")
     restore_frozen(engine, path / "ds")
