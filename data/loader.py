@@ -18,7 +18,10 @@ Exact resume: a worker's stream is a pure function of (plan, epoch), so its stat
 carries its worker's state; the main process keeps the latest one per worker plus the round-robin
 position (PyTorch hands out worker batches round-robin, dropping a worker when it ends). Resuming
 rebuilds each stream and fast-forwards ``pos`` raw samples without decoding them, and rotates the
-worker roles so the next batch comes from the right worker.
+worker roles so the next batch comes from the right worker. A state remapped to another world size or
+worker count (data/reshard.py) also carries, per source, ``exclude``: for each epoch, the ids
+``"<shard index>:<key>"`` of this worker's share that the earlier layout already consumed; they are
+left out before the shuffle, and dropped once the worker has moved past that epoch.
 
 Fault counts: each batch (and a final per-worker end marker) carries the worker's count deltas; the
 main process adds them to :attr:`VideoLoader.skipped` (reason -> count for every reason of
