@@ -20,7 +20,10 @@ Exact resume: a worker's stream is a pure function of (plan, epoch), so its stat
 carries its worker's state; the main process keeps the latest one per worker plus the round-robin
 position (PyTorch hands out worker batches round-robin, dropping a worker when it ends). Resuming
 rebuilds each stream and fast-forwards ``pos`` raw samples without decoding them, and rotates the
-worker roles so the next batch comes from the right worker.
+worker roles so the next batch comes from the right worker. A state remapped to another world size or
+worker count (data/reshard.py) also carries, per source, ``exclude``: for each epoch, the ids
+``"<shard index>:<key>"`` of this worker's share that the earlier layout already consumed; they are
+left out before the shuffle, and dropped once the worker has moved past that epoch.
 
 Fault counts: each batch (and a final per-worker end marker) carries the worker's count deltas; the
 main process adds them to :attr:`VideoLoader.skipped` (reason -> count for every reason of
@@ -35,7 +38,7 @@ import copy
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,29 +121,41 @@ def _shuffle(items: Iterator[RawSample], size: int, rng: np.random.Generator) ->
         yield buf.pop()
 
 
-def source_epoch(plan: StreamPlan, src_idx: int, epoch: int, worker: int,
-                 faults: FaultCounter) -> Iterator[RawSample]:
-    """Shuffled raw samples of source ``src_idx`` for logical worker ``worker`` in ``epoch``."""
+def source_epoch(plan: StreamPlan, src_idx: int, epoch: int, worker: int, faults: FaultCounter,
+                 exclude: frozenset[str] = frozenset(),
+                 read: Callable[[str], Iterator[Any]] | None = None) -> Iterator[Any]:
+    """Shuffled raw samples of source ``src_idx`` for logical worker ``worker`` in ``epoch``.
+
+    ``exclude``: ids ``"<index into src.shards>:<key>"`` (world-size independent; the plan fingerprint
+    pins the shard list) left out of this worker's share before the shuffle: samples that ranks of
+    an earlier world size already consumed in this epoch (data/reshard.py).
+    ``read``: how a shard's kept samples are read (default ``src.kept_samples``); data/reshard.py
+    passes a header-only reader that yields the same keys in the same order.
+    """
     src = plan.sources[src_idx]
     n = plan.world_size * plan.num_workers
     g = plan.rank * plan.num_workers + worker
     order = np.random.default_rng([plan.seed, src_idx, epoch]).permutation(len(src.shards))
     shards = [src.shards[int(i)] for i in order]
     by_shard = len(shards) >= n
+    reader = src.kept_samples if read is None else read
 
-    def raw() -> Iterator[RawSample]:
+    def raw() -> Iterator[Any]:
         ordinal = 0
         for pos, shard in enumerate(shards):
             owner = pos % n == g
             if by_shard and not owner:
                 continue
+            prefix = f"{int(order[pos])}:"
             try:
-                for sample in src.kept_samples(shard):
+                for sample in reader(shard):
                     if not by_shard:
                         mine = ordinal % n == g
                         ordinal += 1
                         if not mine:
                             continue
+                    if exclude and prefix + sample.key in exclude:
+                        continue
                     yield sample
             except SHARD_READ_ERRORS as exc:
                 if owner:
@@ -164,9 +179,14 @@ class WorkerStream:
         self.state = copy.deepcopy(state)
         self._iters: dict[int, Iterator[RawSample]] = {}
 
+    def _excluded(self, i: int) -> frozenset[str]:
+        """Samples of source ``i``'s current epoch consumed before a world-size change."""
+        st = self.state["sources"][i]
+        return frozenset(st.get("exclude", {}).get(str(st["epoch"]), ()))
+
     def _open(self, i: int) -> Iterator[RawSample]:
         st = self.state["sources"][i]
-        it = source_epoch(self.plan, i, st["epoch"], self.worker, self.faults)
+        it = source_epoch(self.plan, i, st["epoch"], self.worker, self.faults, self._excluded(i))
         for skipped in range(st["pos"]):  # fast-forward: raw samples are skipped, never decoded
             if next(it, None) is None:
                 raise RuntimeError(f"resume: source {self.plan.sources[i].name} epoch {st['epoch']} has only "
@@ -205,8 +225,10 @@ class WorkerStream:
             item = next(self._iters[i], None)
             if item is None:
                 del self._iters[i]
-                if self.plan.loop and st["pos"] > 0:
+                if self.plan.loop and (st["pos"] > 0 or self._excluded(i)):
                     st["epoch"], st["pos"] = st["epoch"] + 1, 0
+                    if "exclude" in st:  # exclusions of finished epochs are no longer needed
+                        st["exclude"] = {e: ids for e, ids in st["exclude"].items() if int(e) >= st["epoch"]}
                 else:  # single pass done, or nothing at all for this worker in a whole epoch
                     st["active"] = False
                 continue
@@ -236,7 +258,9 @@ class ShardStreamDataset(IterableDataset):
         faults.reset()  # anything met while fast-forwarding was counted before the checkpoint
         opts = self.plan.options
         pending: list[DecodedSample] = []
-        epochs_at_last_keep = [st["epoch"] for st in stream.state["sources"]]
+        # epochs whose share other ranks partly consumed before a world-size change may pass empty
+        epochs_at_last_keep = [max([st["epoch"], *map(int, st.get("exclude", {}))])
+                               for st in stream.state["sources"]]
         for raw in stream:
             if self.plan.loop and all(st["epoch"] >= e + 2 or not st["active"] for st, e in
                                       zip(stream.state["sources"], epochs_at_last_keep, strict=True)):

@@ -108,6 +108,11 @@ def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | N
         raise ConfigError("tokenizer", "no tokenizer: set model.tokenizer or tokenizer= to a local directory")
     validate_run_config(run, frames_per_group=mcfg.frames_per_group, tokens_per_group=mcfg.tokens_per_group,
                         timestamp_tokens=timestamp_tokens(tok))
+    if run.loop.sequence_parallel > 1:
+        from train.sequence_parallel import check_degree
+
+        text = mcfg.text_config
+        check_degree(run.loop.sequence_parallel, text.num_attention_heads, text.num_key_value_heads)
     _check_data(run, check_paths)
     return mcfg, tok
 

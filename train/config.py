@@ -157,6 +157,8 @@ class LoopConfig:
     # of the stage; None = off. `eval_max_batches` caps the batches each rank reads per pass (None: the whole split)
     eval_every_steps: int | None = None
     eval_max_batches: int | None = None
+    # ranks that share one sequence (Ulysses, train/sequence_parallel.py); data parallelism runs over world / P
+    sequence_parallel: int = 1
 
 
 @dataclass
@@ -432,6 +434,13 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
             raise ConfigError("loop.frozen_feature_cache_mb",
                               "not with deepspeed.zero_stage=3: a cache hit skips modules whose sharded "
                               "parameters every rank must gather together")
+    if lp.sequence_parallel < 1:
+        raise ConfigError("loop.sequence_parallel", "must be >= 1 (1 = off)")
+    if lp.sequence_parallel > 1 and st.loss != "lm":
+        raise ConfigError("loop.sequence_parallel", f"shards the LLM's tokens; stage.loss {st.loss!r} runs no LLM")
+    if lp.sequence_parallel > 1 and st.chunked_attention.bilevel_fraction > 0:
+        raise ConfigError("loop.sequence_parallel", "not with stage.chunked_attention.bilevel_fraction > 0 (the "
+                          "pooled entries of bi-level training have no sequence-parallel attention)")
     ck = run.checkpoint
     if ck.every_steps < 1:
         raise ConfigError("checkpoint.every_steps", "must be >= 1")

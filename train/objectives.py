@@ -9,6 +9,9 @@ scored by MSE against the per-token-normalised original tokens, on masked positi
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -17,6 +20,7 @@ from model.pooled_attention import POOLED_SDPA
 from model.sequence import IGNORE_INDEX
 from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
 from model.vision import resample_grid, siglip_features
+from train import sequence_parallel
 from train.config import ChunkedAttentionConfig, MaskingConfig
 from train.feature_cache import FrozenFeatureCache
 
@@ -100,6 +104,7 @@ class TrainModule(nn.Module):
         self.masking = masking
         self.feature_cache = feature_cache
         self.chunked_attention = chunked_attention
+        self.sequence_parallel: Any = None  # a train.sequence_parallel.SequenceGroup once the LLM is sharded
         if chunked_attention is not None and chunked_attention.bilevel_fraction > 0:
             model.llm.set_attn_implementation(POOLED_SDPA)  # SDPA that also reads the pooled entries
         if loss == "dts_reconstruction":
@@ -123,10 +128,16 @@ class TrainModule(nn.Module):
                 group_index: torch.Tensor | None = None) -> torch.Tensor:
         if self.loss_name == "lm":
             attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
+            lm_loss: Any = self.model.lm_loss
+            if self.sequence_parallel is not None:  # pooling is refused with sequence parallelism (config)
+                lm_loss = functools.partial(sequence_parallel.lm_loss, self.model, self.sequence_parallel)
+                pooling_kw: dict[str, Any] = {}
+            else:
+                pooling_kw = {"pooling": pooling}
             if self.feature_cache is not None and pixel_values.numel():
                 tokens = self.feature_cache.group_tokens(self.model, pixel_values)
-                return self.model.lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, pooling=pooling)
-            return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values, pooling=pooling)
+                return lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, **pooling_kw)
+            return lm_loss(input_ids, attention_mask, labels, pixel_values, **pooling_kw)
         return self.dts_reconstruction(pixel_values)
 
     def loss_positions(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> int:

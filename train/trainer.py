@@ -21,6 +21,7 @@ import torch
 
 from data.faults import metric_name
 from train import checkpoint as ckpt
+from train import reshard
 from train.config import RunConfig
 from train.engine import DistEnv, all_reduce_max, all_reduce_sum
 from train.feature_cache import FrozenFeatureCache
@@ -83,8 +84,10 @@ class StepLoop:
     def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, grad_accum: int,
                  max_consecutive_nonfinite: int, vision_pad_token_id: int | None,
                  flops: FlopModel | None, peak_flops_per_device: float,
-                 skip_reasons: tuple[str, ...] = (), feature_cache: FrozenFeatureCache | None = None) -> None:
+                 skip_reasons: tuple[str, ...] = (), feature_cache: FrozenFeatureCache | None = None,
+                 sequence_parallel: int = 1) -> None:
         self.engine = engine
+        self.sequence_parallel = sequence_parallel  # ranks that see the same batch (counted once in metrics)
         self.feature_cache = feature_cache  # the module's memo of frozen features, reported in the metrics
         self.dist = dist
         self.dev = dev
@@ -147,10 +150,11 @@ class StepLoop:
                 local["visual_tokens"] += float((ids == self.vision_pad).sum())
         keys = list(local)
         *sums, loss_total = all_reduce_sum([local[k] for k in keys] + [loss_sum], self.dev)
-        reduced = dict(zip(keys, sums, strict=True))
+        reduced = {k: v / self.sequence_parallel for k, v in zip(keys, sums, strict=True)}
         loss_mean = loss_total / (self.grad_accum * self.dist.world_size)
         reasons = sorted(set(self.skip_reasons) | set(skipped))  # same keys, same order on every rank
-        skipped_total = all_reduce_sum([float(skipped.get(r, 0)) for r in reasons], self.dev) if reasons else []
+        skipped_total = [c / self.sequence_parallel for c in
+                         all_reduce_sum([float(skipped.get(r, 0)) for r in reasons], self.dev)] if reasons else []
         dt = time.perf_counter() - t0
         state.step += 1
         state.samples += int(reduced["samples"])
@@ -201,14 +205,16 @@ def _calibrate_projector(run: RunConfig, module: Any, tokenizer: Any, model_cfg:
 
 
 def _train_loader(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEnv, *, num_workers: int,
-                  loop: bool) -> Any:
-    """This rank's loader of the stage's training data (its sources, tasks, frames and length bounds)."""
+                  loop: bool, data_rank: tuple[int, int] | None = None) -> Any:
+    """This rank's loader of the stage's training data (its sources, tasks, frames and length bounds);
+    `data_rank` = (rank, world) among the ranks that read distinct data (default: all ranks)."""
     from data.loader import build_loader
     from train import build
 
+    rank, world = data_rank if data_rank is not None else (dist.rank, dist.world_size)
     return build_loader(build.data_config(run), tokenizer, model_cfg, split="train",
-                        batch_size=run.loop.micro_batch_size, num_workers=num_workers, rank=dist.rank,
-                        world_size=dist.world_size, seed=run.seed, frames_upbound=run.stage.frames_upbound,
+                        batch_size=run.loop.micro_batch_size, num_workers=num_workers, rank=rank,
+                        world_size=world, seed=run.seed, frames_upbound=run.stage.frames_upbound,
                         fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=loop,
                         tasks=run.stage.data.tasks)
 
@@ -220,6 +226,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     from train.logging_utils import flop_model_for, resolve_wandb_mode
     from train.lora import parameter_counts
     from train.optim import build_optimizer, build_schedule, param_groups
+    from train.sequence_parallel import data_parallel, install, new_group
     from train.validation import build_validator
 
     dist = read_dist_env()
@@ -230,31 +237,50 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     earlier = None  # a fresh run must not mix its checkpoints with an earlier run's in the same dir
     if run.checkpoint.resume is None and dist.is_main and ckpt.list_complete(ckpt_root):
         earlier = ckpt.set_aside(ckpt_root)
-    steps_total = build.total_steps(run, dist.world_size)
+    sp_degree = run.loop.sequence_parallel
+    dp_rank, dp_world = data_parallel(dist.rank, dist.world_size, sp_degree)  # the loader's rank and world
+    steps_total = build.total_steps(run, dp_world)
+    layout = reshard.Layout(world_size=dist.world_size, data_parallel=dp_world)
+    other_world = resume_path is not None and reshard.needs_reshard(reshard.saved_layout(resume_path), layout)
 
     init_distributed(dist)  # also selects this rank's device (LOCAL_RANK)
+    if other_world:
+        reshard.prepare(resume_path, dist.rank, dist.world_size)  # type: ignore[arg-type]
     seed_everything(run.seed)  # identical initial weights on every rank
     parts = build.build_train_module(run, model_cfg)
     module = parts.train_module
     calibration = None
     if run.stage.calibrate_projector.batches and resume_path is None:  # a resumed run loads calibrated weights
         calibration = _calibrate_projector(run, module, tokenizer, parts.model_cfg, dist)
+    if sp_degree > 1:  # every rank creates every group, then the LLM (only) attends through Ulysses
+        module.sequence_parallel = new_group(dist.rank, dist.world_size, sp_degree)
+        install(module.model.llm, module.sequence_parallel)
     flops = flop_model_for(module, run.stage.trainable, adapted=run.stage.lora.modules if run.stage.lora else ())
     params = parameter_counts(module)  # before DeepSpeed partitions them
     trainable = {name: module.trainable_modules()[name] for name in run.stage.trainable}
     groups = param_groups(trainable, run.stage.lr, run.stage.weight_decay)
     optimizer = build_optimizer(groups, tuple(run.loop.adam_betas), run.loop.adam_eps)  # type: ignore[arg-type]
     schedule = build_schedule(run.stage.schedule, steps_total)
-    engine = build_engine(module, optimizer, schedule, deepspeed_config(run.deepspeed, run.loop))
+    ds_config = deepspeed_config(run.deepspeed, run.loop)
+    if other_world:  # ZeRO partitions written for another world size: DeepSpeed's universal load
+        ds_config["checkpoint"] = {"load_universal": True}
+    engine = build_engine(module, optimizer, schedule, ds_config)
     engine.train()
     dev = torch.device(engine.device)  # where DeepSpeed put this rank's module
 
     from data.faults import REASONS
 
-    loader = _train_loader(run, tokenizer, parts.model_cfg, dist, num_workers=run.loop.loader_workers, loop=True)
-    validator = build_validator(run, tokenizer, parts.model_cfg, dist, dev)  # None unless loop.eval_every_steps
+    loader = _train_loader(run, tokenizer, parts.model_cfg, dist, num_workers=run.loop.loader_workers, loop=True,
+                           data_rank=(dp_rank, dp_world))
+    validator = build_validator(run, tokenizer, parts.model_cfg, dist, dev,  # None unless loop.eval_every_steps
+                                data_rank=(dp_rank, dp_world))
     state = LoopState()
-    if resume_path is not None:
+    if resume_path is not None and other_world:
+        trainer_state, loader_state = reshard.load_resharded(engine, resume_path, dist.rank, loader.plan)
+        state = LoopState.from_dict(trainer_state)
+        loader.load_state_dict(loader_state)
+        seed_everything(run.seed + 1000 * dist.rank + 1 + 7919 * state.step)  # no old rank's stream fits
+    elif resume_path is not None:
         trainer_state, loader_state = ckpt.load_checkpoint(engine, resume_path, dist.rank)
         state = LoopState.from_dict(trainer_state)
         loader.load_state_dict(loader_state)
@@ -271,7 +297,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     step_loop = StepLoop(engine, dist, dev, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
                          run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS,
-                         feature_cache=parts.train_module.feature_cache)
+                         feature_cache=parts.train_module.feature_cache, sequence_parallel=sp_degree)
     result = LoopResult(state=state)
     logger.event("parameters", state.step, **params)
     logger.summary({f"parameters/{k}": v for k, v in params.items()})
@@ -279,14 +305,16 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
         print(f"parameters: {params['trainable']:,} trainable of {params['total']:,} "
               f"({100 * params['trainable'] / max(1, params['total']):.3f}%)", file=sys.stderr, flush=True)
     if resume_path is not None:
-        logger.event("resume", state.step, checkpoint=str(resume_path))
+        extra = {"from_world_size": reshard.saved_layout(resume_path).world_size} if other_world else {}
+        logger.event("resume", state.step, checkpoint=str(resume_path), **extra)
     if calibration is not None:
         logger.event("projector_calibrated", state.step, **calibration)
     if earlier is not None:
         logger.event("earlier_checkpoints_set_aside", state.step, moved_to=str(earlier))
 
     def save() -> None:
-        ckpt.save_checkpoint(engine, ckpt_root, state.step, state.to_dict(), loader.state_dict(), dist.rank,
+        saved = {**state.to_dict(), "world_size": layout.world_size, "data_parallel": layout.data_parallel}
+        ckpt.save_checkpoint(engine, ckpt_root, state.step, saved, loader.state_dict(), dist.rank,
                              run.checkpoint.keep_last_k)
 
     def validate() -> None:

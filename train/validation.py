@@ -60,11 +60,13 @@ class Validator:
     """Computes the validation loss of a DeepSpeed engine over this rank's slice of the val split.
 
     `plan` is the val loader's plan for this rank (single pass, see `build_validator`); `seed` seeds the
-    RNG inside the pass; `lockstep` (ZeRO-3) makes ranks run the same number of forward passes.
+    RNG inside the pass; `lockstep` (ZeRO-3) makes ranks run the same number of forward passes;
+    `replicas` ranks read each slice (the `loop.sequence_parallel` degree: a group's ranks score the same
+    batches together), so the all-reduced sums are divided by it.
     """
 
     def __init__(self, plan: StreamPlan, dist: DistEnv, dev: torch.device, seed: int, *,
-                 max_batches: int | None = None, lockstep: bool = False) -> None:
+                 max_batches: int | None = None, lockstep: bool = False, replicas: int = 1) -> None:
         if plan.loop:
             raise ValueError("Validator: the val plan must be a single pass (loop=False)")
         self.plan = plan
@@ -73,6 +75,7 @@ class Validator:
         self.seed = int(seed)
         self.max_batches = max_batches
         self.lockstep = lockstep
+        self.replicas = replicas  # ranks that read the same slice (a sequence-parallel group) and count it once
         self._cache: FrozenFeatureCache | None = None
 
     def _batches(self) -> Iterator[dict[str, Any]]:
@@ -140,27 +143,31 @@ class Validator:
                         positions += count
         finally:
             engine.train(was_training)
-        total, tokens, count_samples = all_reduce_sum([loss_sum, float(positions), float(samples)], self.dev)
+        total, tokens, count_samples = (v / self.replicas for v in
+                                        all_reduce_sum([loss_sum, float(positions), float(samples)], self.dev))
         mean = total / tokens if tokens else math.nan
         return ValidationResult(loss=mean, tokens=int(tokens), samples=int(count_samples))
 
 
-def build_validator(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEnv,
-                    dev: torch.device) -> Validator | None:
+def build_validator(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEnv, dev: torch.device,
+                    data_rank: tuple[int, int] | None = None) -> Validator | None:
     """The stage's validator (None when `loop.eval_every_steps` is null): the val split read with the
-    stage's task filter, frames and length bounds, in micro-batches of `loop.micro_batch_size`."""
+    stage's task filter, frames and length bounds, in micro-batches of `loop.micro_batch_size`.
+    `data_rank` = (rank, world) of the data-parallel split (default: this rank of all ranks; with sequence
+    parallelism the ranks of a group share one slice)."""
+    dp_rank, dp_world = data_rank if data_rank is not None else (dist.rank, dist.world_size)
     if run.loop.eval_every_steps is None:
         return None
     from data.loader import build_loader
     from train import build
 
     loader = build_loader(build.data_config(run), tokenizer, model_cfg, split="val",
-                          batch_size=run.loop.micro_batch_size, num_workers=0, rank=dist.rank,
-                          world_size=dist.world_size, seed=run.seed, frames_upbound=run.stage.frames_upbound,
+                          batch_size=run.loop.micro_batch_size, num_workers=0, rank=dp_rank,
+                          world_size=dp_world, seed=run.seed, frames_upbound=run.stage.frames_upbound,
                           fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=False,
                           tasks=run.stage.data.tasks)
     return Validator(loader.plan, dist, dev, run.seed, max_batches=run.loop.eval_max_batches,
-                     lockstep=run.deepspeed.zero_stage == 3)
+                     lockstep=run.deepspeed.zero_stage == 3, replicas=dist.world_size // dp_world)
 
 
 def check_val_split(run: RunConfig, check_paths: bool = True) -> None:
