@@ -134,15 +134,19 @@ def indexed_video(num_frames: int, fps: float, *, fmt: str = "mp4", codec: str =
 @dataclass(frozen=True)
 class HangingDecoder:
     """A video decoder (the `data.decoders` interface) that stalls for `seconds` on samples whose location
-    names one of `keys` (as a decode that never returns would) and otherwise opens with decord."""
+    names one of `keys` (as a decode that never returns would) and otherwise opens with decord.
+
+    After a stall it fails without touching decord: the abandoned thread must not decode while the process
+    forks a loader worker or another thread decodes (a test on a loaded machine can outlast the stall)."""
 
     keys: frozenset[str]
     seconds: float = 30.0
     name: str = "hang_or_decord"
 
     def open(self, data: bytes, where: str) -> Any:
-        from data.decoders import DecordDecoder
+        from data.decoders import DecodeError, DecordDecoder
 
         if any(k in where for k in self.keys):
             time.sleep(self.seconds)
+            raise DecodeError(f"{where}: stalled for {self.seconds} s")
         return DecordDecoder().open(data, where)
