@@ -121,6 +121,15 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class PackingConfig:
+    """Sample packing (data/packing.py): whole samples, first fit, into micro-batches of
+    `loop.micro_batch_size` rows of at most `max_tokens` tokens each; attention stays within a sample.
+    A sample longer than `max_tokens` trains alone (counted in the metric `oversize_samples`)."""
+
+    max_tokens: int = 8192
+
+
+@dataclass
 class LoopConfig:
     """The optimisation loop: batch sizes, clipping, AdamW, failure handling."""
 
@@ -136,6 +145,8 @@ class LoopConfig:
     # MiB of frozen vision tower + DTS outputs memoised per rank (train/feature_cache.py); 0 = off. Only for
     # lm stages that train neither module, below ZeRO-3 (where every rank must run the same modules).
     frozen_feature_cache_mb: int = 0
+    # pack whole samples into rows of at most packing.max_tokens tokens (null: right-pad each micro-batch)
+    packing: PackingConfig | None = None
 
 
 @dataclass
@@ -391,6 +402,14 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("loop.adam_betas", "needs two values")
     if lp.max_steps is not None and lp.max_steps < 1:
         raise ConfigError("loop.max_steps", "must be >= 1")
+    if lp.packing is not None:
+        if lp.packing.max_tokens < 1:
+            raise ConfigError("loop.packing.max_tokens", f"must be >= 1, got {lp.packing.max_tokens}")
+        if st.loss != "lm":
+            raise ConfigError("loop.packing", f"packs samples for the lm loss, not {st.loss!r}")
+        if st.steps is None and lp.max_steps is None:
+            raise ConfigError("loop.packing", "a packed micro-batch holds a varying number of samples, so "
+                              "stage.epochs cannot be turned into steps; set stage.steps or loop.max_steps")
     if lp.frozen_feature_cache_mb < 0:
         raise ConfigError("loop.frozen_feature_cache_mb", "must be >= 0 (0 turns the cache off)")
     if lp.frozen_feature_cache_mb:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from model.dts import group_frames
+from model.packing import block_causal_mask, compose_block_diagonal, unpack_rows
 from model.pooled_attention import POOLED_SDPA
 from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
 from model.vision import resample_grid, siglip_features
@@ -113,14 +114,44 @@ class TrainModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 pixel_values: torch.Tensor, token_kind: torch.Tensor | None = None,
-                group_index: torch.Tensor | None = None) -> torch.Tensor:
+                group_index: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """The stage's loss of one micro-batch. Packed rows (data/packing.py) come with `segment_ids` and
+        `position_ids` [B, L] and attend within each sample only (`packed_visibility`). `reduction="sum"`:
+        the lm loss summed over supervised tokens (the DTS loss is always its micro-batch mean)."""
         if self.loss_name == "lm":
-            attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
+            if segment_ids is not None:
+                if position_ids is None:
+                    raise ValueError("segment_ids: packed rows need position_ids restarting per sample")
+                attention_mask, pooling = self.packed_visibility(segment_ids, token_kind, group_index)
+            else:
+                attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
+            extra = {"pooling": pooling, "position_ids": position_ids, "reduction": reduction}
             if self.feature_cache is not None and pixel_values.numel():
                 tokens = self.feature_cache.group_tokens(self.model, pixel_values)
-                return self.model.lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, pooling=pooling)
-            return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values, pooling=pooling)
+                return self.model.lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, **extra)
+            return self.model.lm_loss(input_ids, attention_mask, labels, pixel_values, **extra)
         return self.dts_reconstruction(pixel_values)
+
+    def packed_visibility(self, segment_ids: torch.Tensor, token_kind: torch.Tensor | None,
+                          group_index: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The LLM's attention mask for packed rows, per sample as `visibility` gives it to the sample alone.
+
+        Without chunked attention: None on a flash-attention LLM (transformers' padding-free path reads the
+        restarting position ids), else the block-diagonal causal [B, 1, L, L] mask. With it: each sample's
+        drawn view (chunked / bi-level / causal) on the diagonal (model/packing.py)."""
+        cfg = self.chunked_attention
+        if cfg is None or cfg.fraction == 0:
+            if str(self.model.llm.config._attn_implementation).startswith("flash_attention"):
+                return None, None
+            return block_causal_mask(segment_ids), None
+        if token_kind is None or group_index is None:
+            raise ValueError("chunked_attention: the batch lacks token_kind/group_index (data.collate adds them)")
+        places, (kinds, groups, valid) = unpack_rows(segment_ids, token_kind, group_index, fill=(0, -1))
+        mask, pooling = self.visibility(valid.long(), kinds, groups)
+        if mask.dim() == 2:  # no sample drawn: plain causal per sample
+            mask = causal_visibility(valid)
+        return compose_block_diagonal(places, mask, tuple(segment_ids.shape), pooling)
 
     def visibility(self, attention_mask: torch.Tensor, token_kind: torch.Tensor | None,
                    group_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
