@@ -298,3 +298,20 @@ def test_packed_and_unpacked_on_two_ranks_equal_the_single_pass(tmp_path: Path) 
     for name in ("unpacked", "packed"):
         assert abs(result[name]["loss"] - result["reference_loss"]) < 1e-5, result
         assert result[name]["max_grad_diff"] < 1e-5 * max(1.0, result[name]["grad_scale"]), result
+
+
+def test_packing_config_is_validated_naming_the_field() -> None:
+    from train.config import ConfigError, RunConfig, StageConfig, parse_run_config, validate_run_config
+
+    base = {"stage": {"name": "sft", "trainable": ["llm"], "lr": {"llm": 1e-4}, "steps": None, "epochs": 1.0},
+            "model": {}, "data": {"train": [{"shards": "x/*.tar"}]}, "loop": {"packing": {"max_tokens": 512}}}
+    run = parse_run_config(base)
+    assert run.loop.packing is not None and run.loop.packing.max_tokens == 512
+    with pytest.raises(ConfigError, match=r"^loop\.packing: .*stage\.steps or loop\.max_steps"):
+        validate_run_config(run)
+    run.loop.max_steps = 3
+    validate_run_config(run)
+    run.loop.packing.max_tokens = 0
+    with pytest.raises(ConfigError, match=r"^loop\.packing\.max_tokens"):
+        validate_run_config(run)
+    assert isinstance(run, RunConfig) and isinstance(run.stage, StageConfig)
