@@ -27,6 +27,7 @@ def test_plan_matches_measured_peak_within_20_percent(shape: list[str]) -> None:
     assert abs(result["planned"] - result["measured"]) <= 0.2 * result["measured"], result
 
 
+@pytest.mark.slow
 def test_plan_cli_prints_parts_and_frames() -> None:
     proc = subprocess.run([sys.executable, "-m", "train.plan", "model=tiny", "stage=sft", "stage.init_from=null",
                            "gpus=2", "gpu_mem_gb=0.5", "loop.activation_checkpointing=true"], cwd=REPO,
