@@ -52,13 +52,15 @@ def main(overrides: list[str]) -> None:
     opt = build_optimizer(groups, (0.9, 0.999), 1e-8)
     engine = build_engine(module, opt, build_schedule(run.stage.schedule, 10), deepspeed_config(run.deepspeed, run.loop))
     engine.train()
+    after_setup = psutil.Process().memory_info().rss
     for _ in range(2):
         loss = engine(**batch)
         engine.backward(loss)
         engine.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"measured": peak - base, "planned": plan.total, "states": plan.states.total,
-                      "activations": plan.acts.total, "tokens": int(batch["input_ids"].shape[1])}))
+                      "activations": plan.acts.total, "tokens": int(batch["input_ids"].shape[1]),
+                      "setup": after_setup - base}))
 
 
 if __name__ == "__main__":

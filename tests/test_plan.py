@@ -13,6 +13,7 @@ from helpers import REPO, subprocess_env
 WIDE = ["model.interp_grid=12", "model.text_config.hidden_size=512", "model.text_config.intermediate_size=1536",
         "model.text_config.num_attention_heads=8", "model.text_config.num_key_value_heads=2"]
 RUN = ["stage=sft", "stage.init_from=null", "deepspeed=zero2", "deepspeed.precision=fp32", "stage.max_length=8192",
+       "deepspeed.zero_optimization.reduce_bucket_size=5000000",
        "stage.steps=2"]
 
 

@@ -9,8 +9,9 @@ Model states (parameters, gradients, optimizer states) come from DeepSpeed's own
 (`estimate_zero2_model_states_mem_needs` for ZeRO 0-2, `estimate_zero3_model_states_mem_needs` for ZeRO-3,
 offload read from `deepspeed.zero_optimization.offload_optimizer/offload_param`) applied to the trainable
 parameter count, counted on the meta device; frozen parameters add their 16-bit copy (partitioned under
-ZeRO-3). The estimators model mixed precision (bf16 weights, fp32 master + Adam); with
-`deepspeed.precision=fp32` the same layout is used with 4-byte weights and gradients and no separate master.
+ZeRO-3). DeepSpeed's contiguous gradient bucket (`reduce_bucket_size` elements, two with `overlap_comm`) is
+added. The estimators model mixed precision (bf16 weights, fp32 master + Adam); with
+`deepspeed.precision=fp32` the same layout is used with 4-byte weights and 16-bit gradients widened to 4 bytes.
 
 Activations are the bytes autograd saves for backward, traced through the real model code at the run's
 shapes with FakeTensor (no memory, no compute): vision tower + DTS on the micro-batch's frames, projector,
@@ -50,10 +51,11 @@ class ModelStates:
     frozen: int
     largest_layer: int
     estimator: str
+    buckets: float = 0.0  # DeepSpeed's contiguous gradient reduction bucket(s)
 
     @property
     def total(self) -> float:
-        return self.parameters + self.gradients + self.optimizer
+        return self.parameters + self.gradients + self.optimizer + self.buckets
 
 
 def _offload(run: RunConfig, key: str) -> bool:
@@ -121,22 +123,29 @@ def model_states(run: RunConfig, trainable: int, frozen: int, largest: int, gpus
                 optim = 12 * t
         params += 2 * frozen * wide
         name = "estimate_zero2_model_states_mem_needs"
-    return ModelStates(params, grads, optim, t, frozen, largest, name)
+    zo = run.deepspeed.zero_optimization
+    buckets = 0.0
+    if zero >= 1 and zo.get("contiguous_gradients", True) and not opt_off:
+        # setup_buckets allocates reduce_bucket_size elements of the reduction dtype (two with overlap_comm)
+        count = 2 if zo.get("overlap_comm", False) else 1
+        buckets = float(zo.get("reduce_bucket_size", 5e8)) * (2 * wide) * count
+    return ModelStates(params, grads, optim, t, frozen, largest, name, buckets)
 
 
 class SavedBytes:
-    """Bytes of the distinct tensors autograd saves for backward (parameters excluded)."""
+    """Bytes of the distinct storages autograd saves for backward; parameters (and views of them, such as the
+    transposed weights a matmul keeps) excluded."""
 
-    def __init__(self, params: set[int]) -> None:
+    def __init__(self, params: list[torch.Tensor]) -> None:
         from torch.multiprocessing.reductions import StorageWeakRef
 
         self._ref = StorageWeakRef
-        self.params = params
+        self.params = {StorageWeakRef(p.untyped_storage()) for p in params}
         self.sizes: dict[Any, int] = {}
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in self.params:
-            key = self._ref(t.untyped_storage())
+        key = self._ref(t.untyped_storage())
+        if key not in self.params:
             self.sizes[key] = max(self.sizes.get(key, 0), int(t.untyped_storage().nbytes()))
         return t
 
@@ -165,7 +174,7 @@ class FakeModel:
         model.train()
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         trainable = set(run.stage.trainable)
-        self.param_ids: set[int] = set()
+        self.params: list[torch.Tensor] = []
         with self.mode:
             for name, sub in model.named_children():
                 for mod in sub.modules():
@@ -174,7 +183,7 @@ class FakeModel:
                             continue
                         fake = nn.Parameter(torch.empty(p.shape, dtype=self.dtype), requires_grad=name in trainable)
                         mod._parameters[pname] = fake
-                        self.param_ids.add(id(fake))
+                        self.params.append(fake)
                     for bname, b in list(mod._buffers.items()):
                         if b is not None:
                             mod._buffers[bname] = torch.zeros(b.shape, dtype=b.dtype)
@@ -182,7 +191,7 @@ class FakeModel:
         self.trainable = trainable
 
     def trace(self, fn: Any) -> SavedBytes:
-        saved = SavedBytes(self.param_ids)
+        saved = SavedBytes(self.params)
         with self.mode, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
             fn()
         return saved
@@ -335,6 +344,7 @@ def report(run: RunConfig, plan: Plan, frames_fit: tuple[int, int], gpus: int) -
         f"  parameters            {gib(s.parameters)}",
         f"  gradients             {gib(s.gradients)}",
         f"  optimizer states      {gib(s.optimizer)}",
+        f"  reduce buckets        {gib(s.buckets)}",
         f"activations: micro-batch {run.loop.micro_batch_size} x {a.seq_len} tokens"
         f"{' (packed rows)' if run.loop.packing else ''}, {a.frames} frames "
         f"(frames_upbound={run.stage.frames_upbound}), max_length={run.stage.max_length}, activation "
