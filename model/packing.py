@@ -6,8 +6,11 @@ those the sample has alone. The LLM then needs per-sample boundaries in its atte
 
 - with a flash-attention implementation, transformers' padding-free path: no attention mask, only the
   restarting ``position_ids`` (flash-attention varlen over the samples);
-- otherwise (SDPA/eager, e.g. on CPU) an explicit block-diagonal causal [B, 1, L, L] mask. A 2-D all-ones
-  mask would let every sample attend to the ones before it.
+- with :data:`PACKED_SDPA` (registered with transformers' `AttentionInterface`, e.g. on CPU): no mask either;
+  causal SDPA runs on each sample's slice of the row (the samples are found where the position ids restart
+  at 0), so attention costs the sum of the samples' squared lengths, not the row's, and no L x L mask exists;
+- otherwise (SDPA/eager) an explicit block-diagonal causal [B, 1, L, L] mask.
+A 2-D all-ones mask would let every sample attend to the ones before it.
 
 Per-sample visibility masks (``model.visibility``: chunked prefill, bi-level decoding) are composed
 block-diagonally with :func:`compose_block_diagonal` from the same masks computed on the samples alone.
@@ -16,8 +19,13 @@ block-diagonally with :func:`compose_block_diagonal` from the same masks compute
 from __future__ import annotations
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .sequence import IGNORE_INDEX
+
+PACKED_SDPA = "videoxl2_packed_sdpa"
 
 
 def sample_spans(segment_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
@@ -118,3 +126,45 @@ def supervised_targets(labels: torch.Tensor) -> int:
     """Number of next-token targets of a [B, L] label batch (labels[:, 1:] != -100): the denominator of
     the token-mean loss (``VideoXL2ForCausalLM.lm_loss``)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                position_ids: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention of packed rows without a mask: causal SDPA per sample (a transformers attention function).
+
+    query [B, H, L, D], key/value [B, H_kv, L, D], position_ids [B, L] restarting at 0 for every sample (and
+    for the padding after the last one). Returns ([B, L, H, D], None). With an `attention_mask` or without
+    `position_ids` it is transformers' SDPA attention unchanged.
+    """
+    if attention_mask is not None or position_ids is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    bsz, heads, length, _ = query.shape
+    groups = heads // key.shape[1]
+    pos = position_ids.expand(bsz, length)
+    rows = []
+    for b in range(bsz):
+        starts = (pos[b] == 0).nonzero().flatten().tolist()
+        if not starts or starts[0] != 0:
+            raise ValueError("position_ids: a packed row must start a sample at position 0")
+        pieces = []
+        for a, e in zip(starts, [*starts[1:], length], strict=True):
+            k, v = key[b:b + 1, :, a:e], value[b:b + 1, :, a:e]
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            pieces.append(torch.nn.functional.scaled_dot_product_attention(
+                query[b:b + 1, :, a:e], k, v, dropout_p=dropout, is_causal=True, scale=scaling))
+        rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def packed_sdpa_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+    """The mask of :data:`PACKED_SDPA`: none for packed rows (no 2-D mask given), else SDPA's."""
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)

@@ -15,7 +15,7 @@ from data.collate import DecodedSample, collate
 from data.loader import build_loader
 from data.packing import RowPacker, collate_packed
 from model import VideoXL2ForCausalLM, build_preset, load_tokenizer
-from model.packing import block_causal_mask, supervised_targets
+from model.packing import PACKED_SDPA, block_causal_mask, supervised_targets
 from model.sequence import build_sequence
 from train.config import ChunkedAttentionConfig
 from train.engine import DistEnv
@@ -113,18 +113,25 @@ def test_oversize_sample_trains_alone_and_is_counted(samples: list[DecodedSample
     assert alone[0]["input_ids"].shape[1] == max(lengths)
 
 
+@pytest.mark.parametrize("attention", ["block_mask", "packed_sdpa"])
 def test_packed_logits_equal_alone_and_samples_are_isolated(samples: list[DecodedSample], cfg: Any,
-                                                            model: VideoXL2ForCausalLM) -> None:
+                                                            model: VideoXL2ForCausalLM, attention: str) -> None:
     row = samples[:3]
-    batch = collate_packed([row], cfg.text_config.pad_token_id, cfg.image_size, 10**6)
-    mask = block_causal_mask(batch["segment_ids"])
+    batch = collate_packed([[*row, samples[3]], row[:1]], cfg.text_config.pad_token_id, cfg.image_size, 10**6)
+
+    def mask_of(b: dict[str, Any]) -> torch.Tensor | None:  # PACKED_SDPA needs none: it reads the positions
+        return block_causal_mask(b["segment_ids"]) if attention == "block_mask" else None
+
+    if attention == "packed_sdpa":
+        model = copy.deepcopy(model)
+        model.llm.set_attn_implementation(PACKED_SDPA)
 
     def packed_logits(b: dict[str, Any], m: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
             return model(input_ids=b["input_ids"], attention_mask=m, pixel_values=b["pixel_values"],
                          position_ids=b["position_ids"], use_cache=False).logits[0]
 
-    logits = packed_logits(batch, mask)
+    logits = packed_logits(batch, mask_of(batch))
     spans, offset = [], 0
     for s in row:
         n = int(s.input_ids.numel())
@@ -137,14 +144,20 @@ def test_packed_logits_equal_alone_and_samples_are_isolated(samples: list[Decode
     changed = copy.deepcopy(row)
     changed[1].pixel_values = changed[1].pixel_values.flip(0) * 0.5
     changed[1].input_ids[3] = (changed[1].input_ids[3] + 1) % 200 + 10
-    batch2 = collate_packed([changed], cfg.text_config.pad_token_id, cfg.image_size, 10**6)
-    logits2 = packed_logits(batch2, block_causal_mask(batch2["segment_ids"]))
+    batch2 = collate_packed([[*changed, samples[3]], row[:1]], cfg.text_config.pad_token_id, cfg.image_size, 10**6)
+    logits2 = packed_logits(batch2, mask_of(batch2))
     assert torch.equal(logits2[spans[0]], logits[spans[0]])
     assert torch.equal(logits2[spans[2]], logits[spans[2]])
     assert not torch.allclose(logits2[spans[1]], logits[spans[1]])
-    # the trap: a 2-D all-ones mask lets the later samples read the earlier ones
-    leaky = packed_logits(batch2, torch.ones_like(batch2["input_ids"]))
-    assert not torch.allclose(leaky[spans[2]], logits2[spans[2]], atol=1e-4)
+    if attention == "block_mask":  # the trap: on plain SDPA a 2-D all-ones mask lets a sample read the ones before
+        leaky = packed_logits(batch2, torch.ones_like(batch2["input_ids"]))
+        assert not torch.allclose(leaky[spans[2]], logits2[spans[2]], atol=1e-4)
+    # the second row holds the first sample again, followed by padding
+    n0 = int(row[0].input_ids.numel())
+    with torch.no_grad():
+        second = model(input_ids=batch["input_ids"], attention_mask=mask_of(batch), pixel_values=batch["pixel_values"],
+                       position_ids=batch["position_ids"], use_cache=False).logits[1, :n0]
+    torch.testing.assert_close(second, logits[:n0], atol=1e-5, rtol=1e-5)
 
 
 def summed_loss(module: TrainModule, batches: list[dict[str, Any]]) -> tuple[float, list[torch.Tensor]]:
@@ -159,11 +172,12 @@ def summed_loss(module: TrainModule, batches: list[dict[str, Any]]) -> tuple[flo
     return loss_value, [p.grad.detach().clone() for p in module.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize(("chunked", "packed_sdpa"), [(False, False), (False, True), (True, True)])
 def test_packed_loss_and_gradients_equal_unpacked(samples: list[DecodedSample], cfg: Any,
-                                                  model: VideoXL2ForCausalLM, chunked: bool) -> None:
+                                                  model: VideoXL2ForCausalLM, chunked: bool, packed_sdpa: bool) -> None:
     visibility = ChunkedAttentionConfig(fraction=1.0, chunk_groups=1, prev_chunks=0) if chunked else None
-    module = TrainModule(copy.deepcopy(model).train(), "lm", chunked_attention=visibility)
+    module = TrainModule(copy.deepcopy(model).train(), "lm", chunked_attention=visibility, packing=packed_sdpa)
+    assert (module.model.llm.config._attn_implementation == PACKED_SDPA) == packed_sdpa
     pad = cfg.text_config.pad_token_id
     unpacked = [collate([s], pad, cfg.image_size) for s in samples]
     whole = [collate(samples, pad, cfg.image_size)]

@@ -90,7 +90,7 @@ def packing_bench(args: argparse.Namespace) -> dict[str, float]:
     runs = {"padded": padded, "packed": packed}
     steps = {}
     for name in runs:
-        module = TrainModule(copy.deepcopy(base), "lm").train()
+        module = TrainModule(copy.deepcopy(base), "lm", packing=name == "packed").train()
         opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
 
         def step(b: dict[str, Any], module: TrainModule = module, opt: Any = opt) -> None:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch", type=int, default=4, help="--packing: samples per padded micro-batch")
     parser.add_argument("--rows", type=int, default=1, help="--packing: rows per packed micro-batch")
     parser.add_argument("--max-tokens", type=int, default=0, help="--packing: tokens per packed row (0: auto)")
-    parser.add_argument("--videos", type=int, default=48, help="--packing: generated videos")
+    parser.add_argument("--videos", type=int, default=24, help="--packing: generated videos")
     parser.add_argument("--epochs", type=int, default=2, help="--packing: timed passes over the samples")
     parser.add_argument("--data", default=None, help="--packing: an existing data.synth output dir")
     args = parser.parse_args(argv)

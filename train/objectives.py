@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from model.dts import group_frames
-from model.packing import block_causal_mask, compose_block_diagonal, unpack_rows
+from model.packing import PACKED_SDPA, block_causal_mask, compose_block_diagonal, unpack_rows
 from model.pooled_attention import POOLED_SDPA
 from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
 from model.vision import resample_grid, siglip_features
@@ -87,7 +87,7 @@ class TrainModule(nn.Module):
 
     def __init__(self, model: nn.Module, loss: str, masking: MaskingConfig | None = None,
                  feature_cache: FrozenFeatureCache | None = None,
-                 chunked_attention: ChunkedAttentionConfig | None = None) -> None:
+                 chunked_attention: ChunkedAttentionConfig | None = None, packing: bool = False) -> None:
         super().__init__()
         self.model = model
         self.loss_name = loss
@@ -96,6 +96,8 @@ class TrainModule(nn.Module):
         self.chunked_attention = chunked_attention
         if chunked_attention is not None and chunked_attention.bilevel_fraction > 0:
             model.llm.set_attn_implementation(POOLED_SDPA)  # SDPA that also reads the pooled entries
+        elif packing and model.llm.config._attn_implementation == "sdpa":
+            model.llm.set_attn_implementation(PACKED_SDPA)  # SDPA per sample of a packed row, no mask
         if loss == "dts_reconstruction":
             cfg = model.config
             if masking is None:
@@ -137,12 +139,13 @@ class TrainModule(nn.Module):
                           group_index: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The LLM's attention mask for packed rows, per sample as `visibility` gives it to the sample alone.
 
-        Without chunked attention: None on a flash-attention LLM (transformers' padding-free path reads the
-        restarting position ids), else the block-diagonal causal [B, 1, L, L] mask. With it: each sample's
+        Without chunked attention: None on a flash-attention or `PACKED_SDPA` LLM (both find the samples
+        where the position ids restart), else the block-diagonal causal [B, 1, L, L] mask. With it: each sample's
         drawn view (chunked / bi-level / causal) on the diagonal (model/packing.py)."""
         cfg = self.chunked_attention
         if cfg is None or cfg.fraction == 0:
-            if str(self.model.llm.config._attn_implementation).startswith("flash_attention"):
+            impl = str(self.model.llm.config._attn_implementation)
+            if impl.startswith("flash_attention") or impl == PACKED_SDPA:
                 return None, None
             return block_causal_mask(segment_ids), None
         if token_kind is None or group_index is None:

@@ -237,7 +237,7 @@ def activations(fake: FakeModel, fake_ac: FakeModel | None, run: RunConfig, fram
     n_frames = samples * groups * cfg.frames_per_group
     d_llm = int(cfg.text_config.hidden_size)
     upstream_trains = bool({"vision_tower", "dts", "projector"} & fake.trainable)
-    chunked = run.stage.chunked_attention.fraction > 0 or (run.loop.packing is not None and sp == 1)
+    chunked = run.stage.chunked_attention.fraction > 0  # a 4-D mask; packed rows alone need none (model/packing.py)
 
     def parts(fm: FakeModel) -> tuple[SavedBytes, SavedBytes, SavedBytes]:
         m, dt = fm.model, fm.dtype
