@@ -329,3 +329,21 @@ def test_packing_config_is_validated_naming_the_field() -> None:
     with pytest.raises(ConfigError, match=r"^loop\.packing\.max_tokens"):
         validate_run_config(run)
     assert isinstance(run, RunConfig) and isinstance(run.stage, StageConfig)
+
+
+def test_packing_loader_drops_nothing_and_counts_oversize(tmp_path: Path, tok: Any, cfg: Any) -> None:
+    write_shards(tmp_path / "a", 9)
+    data = {"root": str(tmp_path), "train": [{"shards": "a/*.tar"}], "shuffle_buffer": 3}
+
+    def one_pass(**kw: Any) -> list[dict[str, Any]]:
+        return list(build_loader(data, tok, cfg, split="train", loop=False, num_workers=0, seed=5, frames_upbound=16,
+                                 **kw))
+
+    plain = one_pass(batch_size=1)
+    lengths = sorted(int(b["attention_mask"].sum()) for b in plain)
+    cap = lengths[len(lengths) // 2]  # about half the samples are longer than a row
+    packed = one_pass(batch_size=2, packing=cap)
+    assert [i for b in packed for i in b["sample_ids"]] == [i for b in plain for i in b["sample_ids"]]
+    over = sum(n > cap for n in lengths)
+    assert over > 0 and sum(b["oversize"] for b in packed) == over
+    assert all(len(b["sample_ids"]) == 1 for b in packed if b["oversize"])
