@@ -1,9 +1,10 @@
 """Fault kinds of the data pipeline and their per-process counter.
 
 A broken sample is skipped and counted under one reason; the first occurrence of each reason is
-logged (once per process). Counts travel from loader workers to the main process as deltas
-(:meth:`FaultCounter.take_delta`), where :func:`merge_counts` aggregates them. The same counter
-also counts, under ``decoder/<name>``, which video decoder read each sample (:meth:`FaultCounter.note`).
+logged (once per process). The counter also counts, under ``decoder/<name>``, which video decoder read
+each sample (:meth:`FaultCounter.note`). Counts travel from loader workers to the main process as the
+growth of :attr:`FaultCounter.seen` since the worker's previous message (data/loader.py), where
+:func:`merge_counts` aggregates them.
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ class SampleFault(Exception):
 
 
 class FaultCounter:
-    """Counts faults by reason; logs the first one of each reason; hands out deltas."""
+    """Counts faults by reason (``total``) and, with decoder notes, everything reported (``seen``); logs
+    the first fault of each reason."""
 
     def __init__(self) -> None:
-        self.total: Counter[str] = Counter()
-        self._delta: Counter[str] = Counter()
+        self.total: Counter[str] = Counter()  # faults by reason
+        self.seen: Counter[str] = Counter()  # faults and ``note``d keys: what the loader reports
         self._logged: set[str] = set()
 
     def add(self, reason: str, where: str, detail: str = "") -> None:
@@ -72,7 +74,7 @@ class FaultCounter:
         if reason not in REASONS:
             raise ValueError(f"unknown fault reason {reason!r}")
         self.total[reason] += 1
-        self._delta[reason] += 1
+        self.seen[reason] += 1
         if reason not in self._logged:
             self._logged.add(reason)
             logger.warning("data fault %s at %s: %s (further %s faults are counted, not logged)",
@@ -82,18 +84,12 @@ class FaultCounter:
         """Count one sample under a non-fault key (``decoder/<name>``); nothing is logged."""
         if not key.startswith(DECODER_PREFIX):
             raise ValueError(f"unknown count key {key!r}")
-        self._delta[key] += 1  # not in ``total``, which counts faults only
-
-    def take_delta(self) -> dict[str, int]:
-        """Counts added since the last call (and reset them)."""
-        delta = dict(self._delta)
-        self._delta.clear()
-        return delta
+        self.seen[key] += 1  # not in ``total``, which counts faults only
 
     def reset(self) -> None:
         """Forget all counts (used after a resume fast-forward re-read already-counted data)."""
         self.total.clear()
-        self._delta.clear()
+        self.seen.clear()
 
 
 def merge_counts(into: dict[str, int], delta: dict[str, int]) -> None:

@@ -25,6 +25,10 @@ worker count (data/reshard.py) also carries, per source, ``exclude``: for each e
 ``"<shard index>:<key>"`` of this worker's share that the earlier layout already consumed; they are
 left out before the shuffle, and dropped once the worker has moved past that epoch.
 
+Packing (``packing=N``): a worker packs its decoded samples into micro-batches of ``batch_size`` rows
+of at most N tokens (:mod:`data.packing`). A micro-batch that closes because the next sample does not
+fit carries the worker state from before that sample, so a resume re-reads it: resume stays exact.
+
 Fault counts: each batch (and a final per-worker end marker) carries the worker's count deltas; the
 main process adds them to :attr:`VideoLoader.skipped` (reason -> count for every reason of
 :data:`data.faults.REASONS`, zeros included, always in that order, so that ranks can all-reduce the
@@ -38,6 +42,7 @@ import copy
 import functools
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +64,7 @@ from data.faults import (
     decoder_key,
 )
 from data.mix import DataConfig, ResolvedSource, resolve_split
+from data.packing import RowPacker, collate_packed
 from data.shards import SHARD_READ_ERRORS, RawSample
 from data.watchdog import call_with_timeout
 from model.sequence import ChatTokenizer
@@ -81,6 +87,7 @@ class StreamPlan:
     pad_token_id: int
     options: SampleOptions
     decode_timeout_s: float | None = None  # per-sample decode limit (data.decode_timeout_s); None: none
+    packing: int | None = None  # max tokens of a packed row (data/packing.py); None: right-padded batches
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -102,6 +109,8 @@ class StreamPlan:
             "frames": [o.frames_upbound, o.fps_upbound, o.max_length, o.image_size, o.tokens_per_group,
                        o.frames_per_group], "tasks": sorted(o.tasks) if o.tasks is not None else None,
         }
+        if self.packing is not None:  # only when set, so that unpacked runs keep their fingerprint
+            desc["packing"] = self.packing
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -210,6 +219,17 @@ class WorkerStream:
             f"with selected samples) than world_size x num_workers = {plan.world_size * plan.num_workers}; "
             "use more data, fewer ranks or fewer loader workers")
 
+    def with_prior_state(self) -> Iterator[tuple[RawSample, dict[str, Any], Counter[str]]]:
+        """The raw samples, each with copies of the state and of the fault totals from just before it was
+        read (a packed micro-batch that ends before a sample carries that state, so a resume re-reads it)."""
+        items = iter(self)
+        while True:
+            before, counts = copy.deepcopy(self.state), self.faults.seen.copy()
+            item = next(items, None)
+            if item is None:
+                return
+            yield item, before, counts
+
     def __iter__(self) -> Iterator[RawSample]:
         weights = [s.weight for s in self.plan.sources]
         while True:
@@ -258,10 +278,12 @@ class ShardStreamDataset(IterableDataset):
         faults.reset()  # anything met while fast-forwarding was counted before the checkpoint
         opts = self.plan.options
         pending: list[DecodedSample] = []
+        packer = RowPacker(self.plan.packing, self.plan.batch_size) if self.plan.packing else None
+        sent: Counter[str] = Counter()  # counts already reported in a message
         # epochs whose share other ranks partly consumed before a world-size change may pass empty
         epochs_at_last_keep = [max([st["epoch"], *map(int, st.get("exclude", {}))])
                                for st in stream.state["sources"]]
-        for raw in stream:
+        for raw, before, counts_before in stream.with_prior_state():
             if self.plan.loop and all(st["epoch"] >= e + 2 or not st["active"] for st, e in
                                       zip(stream.state["sources"], epochs_at_last_keep, strict=True)):
                 raise RuntimeError(f"data: worker {worker} of rank {self.plan.rank} went through a whole epoch of "
@@ -281,21 +303,44 @@ class ShardStreamDataset(IterableDataset):
             if sample.decoder is not None:
                 faults.note(decoder_key(sample.decoder))
             epochs_at_last_keep = [st["epoch"] for st in stream.state["sources"]]
-            pending.append(sample)
-            if len(pending) == self.plan.batch_size:
-                yield self._message(worker, stream, faults, pending)
-                pending = []
-        if pending:
-            yield self._message(worker, stream, faults, pending)
+            if packer is None:
+                pending.append(sample)
+                if len(pending) == self.plan.batch_size:
+                    yield self._message(worker, stream.state, faults.seen, sent, [pending])
+                    pending = []
+                continue
+            if packer.oversize(sample) or not packer.add(sample):
+                if not packer.empty:  # ends before this sample: a resume from it re-reads the sample
+                    yield self._message(worker, before, counts_before, sent, packer.take())
+                if packer.oversize(sample):  # trained alone, counted (the batch's `oversize`)
+                    yield self._message(worker, stream.state, faults.seen, sent, [[sample]])
+                    continue
+                packer.add(sample)
+        rows = [pending] if pending else (packer.take() if packer is not None and not packer.empty else None)
+        if rows:
+            yield self._message(worker, stream.state, faults.seen, sent, rows)
         stream.state["done"] = True
-        yield {"worker": worker, "state": copy.deepcopy(stream.state), "skipped": faults.take_delta(),
+        yield {"worker": worker, "state": copy.deepcopy(stream.state), "skipped": _new_counts(faults.seen, sent),
                "end": True}
 
-    def _message(self, worker: int, stream: WorkerStream, faults: FaultCounter,
-                 samples: list[DecodedSample]) -> dict[str, Any]:
-        batch = collate(samples, self.plan.pad_token_id, self.plan.options.image_size)
-        return {"worker": worker, "state": copy.deepcopy(stream.state), "skipped": faults.take_delta(),
+    def _message(self, worker: int, state: dict[str, Any], totals: Counter[str], sent: Counter[str],
+                 rows: list[list[DecodedSample]]) -> dict[str, Any]:
+        """A batch message: the rows (one plain micro-batch, or packed rows), the worker state after them and
+        the fault counts not yet reported up to that state."""
+        plan = self.plan
+        if plan.packing:
+            batch = collate_packed(rows, plan.pad_token_id, plan.options.image_size, plan.packing)
+        else:
+            batch = collate(rows[0], plan.pad_token_id, plan.options.image_size)
+        return {"worker": worker, "state": copy.deepcopy(state), "skipped": _new_counts(totals, sent),
                 "batch": batch}
+
+
+def _new_counts(totals: Counter[str], sent: Counter[str]) -> dict[str, int]:
+    """Counts in ``totals`` beyond ``sent`` (then marked as sent)."""
+    delta = {reason: n - sent[reason] for reason, n in totals.items() if n > sent[reason]}
+    sent.update(delta)
+    return delta
 
 
 def _worker_init(_: int) -> None:
@@ -444,6 +489,7 @@ def build_loader(
     loop: bool | None = None,
     tasks: Sequence[str] | None = None,
     decoders: Sequence[VideoDecoder] = DEFAULT_DECODERS,
+    packing: int | None = None,
 ) -> VideoLoader:
     """Build the loader of ``split`` for one rank (see the module docstring for the data flow).
 
@@ -452,6 +498,7 @@ def build_loader(
     ``tasks``: keep only samples whose json ``task`` is listed (e.g. ``["caption"]`` for alignment).
     ``decoders``: the video decoder chain (:mod:`data.decoders`; objects with ``name`` and ``open``,
     picklable for loader worker processes); the time limit is ``data_cfg.decode_timeout_s``.
+    ``packing``: pack whole samples into ``batch_size`` rows of at most this many tokens (data/packing.py).
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
     if batch_size < 1:
@@ -462,6 +509,8 @@ def build_loader(
         raise ValueError(f"rank/world_size: need 0 <= rank < world_size, got {rank}/{world_size}")
     if frames_upbound < 1:
         raise ValueError(f"frames_upbound: must be >= 1, got {frames_upbound}")
+    if packing is not None and packing < 1:
+        raise ValueError(f"packing: max tokens per row must be >= 1, got {packing}")
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         raise ValueError("tokenizer: has no pad_token_id")
@@ -489,5 +538,6 @@ def build_loader(
         world_size=int(world_size), num_workers=max(1, num_workers), shuffle_buffer=cfg.shuffle_buffer,
         batch_size=int(batch_size), loop=(split == "train") if loop is None else bool(loop),
         pad_token_id=int(pad_id), options=options, decode_timeout_s=cfg.decode_timeout_s,
+        packing=None if packing is None else int(packing),
     )
     return VideoLoader(plan, num_workers)

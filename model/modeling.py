@@ -194,7 +194,8 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
     # -- forward -------------------------------------------------------------------------------------
     def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                 pixel_values: torch.Tensor | None = None, group_tokens: torch.Tensor | None = None,
-                pooling: torch.Tensor | None = None) -> torch.Tensor:
+                pooling: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:
         """Mean next-token cross-entropy over the supervised positions (`labels` != -100): the value of
         `forward(..., labels=labels).loss`, with the LM head run on those positions only (a training
         sample supervises a fraction of its tokens, so this saves most of the head's FLOPs and logits memory).
@@ -203,7 +204,12 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
         [B, L] padding mask or a [B, 1, L, L] boolean visibility mask used as is (model/visibility.py);
         with `pooling` [B, M, L] the mask is [B, 1, L, L + M] over the sequence plus M pooled entries
         (`bilevel_visibility`), which needs the LLM on `model.pooled_attention.POOLED_SDPA`.
+        `position_ids` [B, L]: rotary positions (packed rows restart them per sample, model/packing.py).
+        `reduction="sum"` returns the sum over the supervised positions instead of their mean (the
+        trainer divides by the supervised-token count of the whole optimizer step).
         """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: 'mean' or 'sum', got {reduction!r}")
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
         extra: dict[str, torch.Tensor] = {}
@@ -213,12 +219,12 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
                                  f"ignores pooled entries; call llm.set_attn_implementation({POOLED_SDPA!r})")
             extra["pooling"] = pooling
         embeds = self._video_embeds(input_ids, pixel_values, group_tokens)
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
-                                **extra).last_hidden_state
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False, **extra).last_hidden_state
         targets = labels[:, 1:].to(hidden.device)
         supervised = targets != IGNORE_INDEX
         logits = self.llm.lm_head(hidden[:, :-1][supervised])
-        return nn.functional.cross_entropy(logits.float(), targets[supervised])
+        return nn.functional.cross_entropy(logits.float(), targets[supervised], reduction=reduction)
 
     def forward(
         self,

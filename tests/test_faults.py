@@ -138,13 +138,15 @@ def test_payload_is_live_but_never_read(faulty: tuple[Path, Path, list[str]], tm
     assert not marker.exists()
 
 
-def test_fault_counter_logs_once_and_hands_out_deltas(caplog: pytest.LogCaptureFixture) -> None:
+def test_fault_counter_logs_once_and_counts_notes_apart(caplog: pytest.LogCaptureFixture) -> None:
     counter = FaultCounter()
     with caplog.at_level(logging.WARNING, logger="data.faults"):
         for _ in range(3):
             counter.add("bad_video", "a.tar:k")
         counter.add("bad_json", "a.tar:j")
-    assert counter.take_delta() == {"bad_video": 3, "bad_json": 1} and counter.take_delta() == {}
+        counter.note("decoder/pyav")
+    assert counter.total == {"bad_video": 3, "bad_json": 1}
+    assert counter.seen == {"bad_video": 3, "bad_json": 1, "decoder/pyav": 1}
     assert len(caplog.records) == 2
     with pytest.raises(ValueError, match="unknown fault reason"):
         counter.add("no_such_reason", "x")

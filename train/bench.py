@@ -3,6 +3,9 @@ TrainModule) against a bare torch loop (forward, backward, clip, AdamW) on the s
 batch. Prints median step times and their ratio (goal <= 1.10).
 
 `python -m train.bench [--deepspeed zero2] [--zero-option contiguous_gradients=false] [--steps 20] [--precision fp32] [--frames 8] [--text 96]`
+
+`python -m train.bench --packing [--batch 4] [--rows 1] [--max-tokens N] [--videos 48]`: tokens/s of packed against
+right-padded micro-batches on the generated 16-48-frame mix (goal >= 1.3x).
 """
 
 from __future__ import annotations
@@ -50,6 +53,78 @@ def timed(fn: Any, steps: int) -> list[float]:
     return out
 
 
+def packing_bench(args: argparse.Namespace) -> dict[str, float]:
+    """Tokens/s of training steps on the generated 16-48-frame mix, right-padded micro-batches of
+    `--batch` samples against packed micro-batches of `--rows` rows of at most `--max-tokens` tokens (default:
+    batch x the longest sample / rows, the padded batch's worst-case footprint). Same samples, same model and
+    AdamW; loading is done before the timing; the loss is the token-weighted sum (train.trainer). `--model`:
+    tiny or wide (model/bench_prefill.py: a 512-wide LLM, 36 tokens per group)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from data.loader import build_loader
+    from model import VideoXL2ForCausalLM, load_tokenizer
+    from model.bench_prefill import preset_config
+    from model.packing import supervised_targets
+
+    cfg, tok = preset_config(args.model), load_tokenizer("tiny")
+    data_dir = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="packbench-"))
+    if not args.data:
+        subprocess.run([sys.executable, "-m", "data.synth", "--out", str(data_dir), "--videos", str(args.videos),
+                        "--seed", "0"], check=True, capture_output=True)
+    data = {"root": str(data_dir), "train": [{"shards": "train-*.tar"}], "shuffle_buffer": 16}
+
+    def batches(**kw: Any) -> list[dict[str, Any]]:
+        loader = build_loader(data, tok, cfg, split="train", loop=False, num_workers=0, seed=0,
+                              frames_upbound=48, **kw)
+        return list(loader)
+
+    padded = batches(batch_size=args.batch)
+    longest = max(int(b["attention_mask"].sum(1).max()) for b in padded)
+    max_tokens = args.max_tokens or args.batch * longest // args.rows
+    packed = batches(batch_size=args.rows, packing=max_tokens)
+    keys = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids", "segment_ids")
+    torch.manual_seed(0)
+    base = VideoXL2ForCausalLM(cfg)
+    runs = {"padded": padded, "packed": packed}
+    steps = {}
+    for name in runs:
+        module = TrainModule(copy.deepcopy(base), "lm", packing=name == "packed").train()
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+        def step(b: dict[str, Any], module: TrainModule = module, opt: Any = opt) -> None:
+            loss = module(**{k: b[k] for k in keys if k in b}, reduction="sum") / supervised_targets(b["labels"])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        steps[name] = step
+        for b in runs[name][: args.warmup]:
+            step(b)
+    cpu = dict.fromkeys(runs, 0.0)
+    for _ in range(args.epochs):  # alternate whole passes so that load changes hit both
+        for name, batches_ in runs.items():
+            t0 = time.process_time()  # CPU seconds of this process: robust on shared cores
+            for b in batches_:
+                steps[name](b)
+            cpu[name] += time.process_time() - t0
+    out: dict[str, float] = {}
+    for name, batches_ in runs.items():
+        tokens = args.epochs * sum(float(b["attention_mask"].sum()) for b in batches_)
+        slots = args.epochs * sum(float(b["input_ids"].numel()) for b in batches_)
+        out[f"{name}_tokens_per_s"] = tokens / cpu[name]
+        out[f"{name}_padding"] = 1 - tokens / slots
+        out[f"{name}_micro_batches"] = float(len(batches_))
+    out["speedup"] = out["packed_tokens_per_s"] / out["padded_tokens_per_s"]
+    print(f"model={args.model} (CPU seconds, {args.epochs} passes) samples={sum(len(b['sample_ids']) for b in padded)} (16-48 frames): padded "
+          f"{args.batch}/micro-batch {out['padded_tokens_per_s']:.0f} tokens/s (padding {out['padded_padding']:.1%}, "
+          f"{len(padded)} micro-batches); packed {args.rows} rows x {max_tokens} tokens "
+          f"{out['packed_tokens_per_s']:.0f} tokens/s (padding {out['packed_padding']:.1%}, {len(packed)} "
+          f"micro-batches); packed/padded {out['speedup']:.2f}x (goal >= 1.3)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deepspeed", default="zero2", help="conf/deepspeed/<name>.yaml to run the framework with")
@@ -62,8 +137,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--zero-option", action="append", default=[], metavar="KEY=VALUE",
                         help="extra zero_optimization entry (YAML value), e.g. contiguous_gradients=false")
+    parser.add_argument("--packing", action="store_true", help="tokens/s packed vs padded on the generated mix")
+    parser.add_argument("--batch", type=int, default=4, help="--packing: samples per padded micro-batch")
+    parser.add_argument("--rows", type=int, default=1, help="--packing: rows per packed micro-batch")
+    parser.add_argument("--max-tokens", type=int, default=0, help="--packing: tokens per packed row (0: auto)")
+    parser.add_argument("--videos", type=int, default=24, help="--packing: generated videos")
+    parser.add_argument("--epochs", type=int, default=2, help="--packing: timed passes over the samples")
+    parser.add_argument("--data", default=None, help="--packing: an existing data.synth output dir")
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if args.packing:
+        return packing_bench(args)
 
     from model import VideoXL2ForCausalLM, build_preset
 

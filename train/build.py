@@ -226,7 +226,8 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
     cache = FrozenFeatureCache(cache_mb * 2**20) if cache_mb else None
     chunked = run.stage.chunked_attention
     module = TrainModule(model, run.stage.loss, run.stage.masking, feature_cache=cache,
-                         chunked_attention=chunked if chunked.fraction else None)
+                         chunked_attention=chunked if chunked.fraction else None,
+                         packing=run.loop.packing is not None)
     set_trainable(module.trainable_modules(), run.stage.trainable)
     if lora_cfg is not None:
         from train.lora import freeze_base

@@ -138,6 +138,15 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class PackingConfig:
+    """Sample packing (data/packing.py): whole samples, first fit, into micro-batches of
+    `loop.micro_batch_size` rows of at most `max_tokens` tokens each; attention stays within a sample.
+    A sample longer than `max_tokens` trains alone (counted in the metric `oversize_samples`)."""
+
+    max_tokens: int = 8192
+
+
+@dataclass
 class LoopConfig:
     """The optimisation loop: batch sizes, clipping, AdamW, failure handling."""
 
@@ -159,6 +168,8 @@ class LoopConfig:
     eval_max_batches: int | None = None
     # ranks that share one sequence (Ulysses, train/sequence_parallel.py); data parallelism runs over world / P
     sequence_parallel: int = 1
+    # pack whole samples into rows of at most packing.max_tokens tokens (null: right-pad each micro-batch)
+    packing: PackingConfig | None = None
 
 
 @dataclass
@@ -422,6 +433,17 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
     for name in ("eval_every_steps", "eval_max_batches"):
         if getattr(lp, name) is not None and getattr(lp, name) < 1:
             raise ConfigError(f"loop.{name}", f"must be >= 1 or null (null: {'off' if name == 'eval_every_steps' else 'the whole val split'}), got {getattr(lp, name)}")
+    if lp.packing is not None:
+        if lp.packing.max_tokens < 1:
+            raise ConfigError("loop.packing.max_tokens", f"must be >= 1, got {lp.packing.max_tokens}")
+        if st.loss != "lm":
+            raise ConfigError("loop.packing", f"packs samples for the lm loss, not {st.loss!r}")
+        if st.steps is None and lp.max_steps is None:
+            raise ConfigError("loop.packing", "a packed micro-batch holds a varying number of samples, so "
+                              "stage.epochs cannot be turned into steps; set stage.steps or loop.max_steps")
+        if lp.sequence_parallel > 1:
+            raise ConfigError("loop.packing", "not with loop.sequence_parallel > 1 yet (a packed row's per-sample "
+                              "positions and attention are not sharded); use one of the two")
     if lp.frozen_feature_cache_mb < 0:
         raise ConfigError("loop.frozen_feature_cache_mb", "must be >= 0 (0 turns the cache off)")
     if lp.frozen_feature_cache_mb:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from model.dts import group_frames
+from model.packing import PACKED_SDPA, block_causal_mask, compose_block_diagonal, unpack_rows
 from model.pooled_attention import POOLED_SDPA
 from model.sequence import IGNORE_INDEX
 from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
@@ -97,7 +98,7 @@ class TrainModule(nn.Module):
 
     def __init__(self, model: nn.Module, loss: str, masking: MaskingConfig | None = None,
                  feature_cache: FrozenFeatureCache | None = None,
-                 chunked_attention: ChunkedAttentionConfig | None = None) -> None:
+                 chunked_attention: ChunkedAttentionConfig | None = None, packing: bool = False) -> None:
         super().__init__()
         self.model = model
         self.loss_name = loss
@@ -107,6 +108,8 @@ class TrainModule(nn.Module):
         self.sequence_parallel: Any = None  # a train.sequence_parallel.SequenceGroup once the LLM is sharded
         if chunked_attention is not None and chunked_attention.bilevel_fraction > 0:
             model.llm.set_attn_implementation(POOLED_SDPA)  # SDPA that also reads the pooled entries
+        elif packing and model.llm.config._attn_implementation == "sdpa":
+            model.llm.set_attn_implementation(PACKED_SDPA)  # SDPA per sample of a packed row, no mask
         if loss == "dts_reconstruction":
             cfg = model.config
             if masking is None:
@@ -125,20 +128,50 @@ class TrainModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 pixel_values: torch.Tensor, token_kind: torch.Tensor | None = None,
-                group_index: torch.Tensor | None = None) -> torch.Tensor:
+                group_index: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """The stage's loss of one micro-batch. Packed rows (data/packing.py) come with `segment_ids` and
+        `position_ids` [B, L] and attend within each sample only (`packed_visibility`). `reduction="sum"`:
+        the lm loss summed over supervised tokens (the DTS loss is always its micro-batch mean)."""
         if self.loss_name == "lm":
-            attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
-            lm_loss: Any = self.model.lm_loss
-            if self.sequence_parallel is not None:  # pooling is refused with sequence parallelism (config)
-                lm_loss = functools.partial(sequence_parallel.lm_loss, self.model, self.sequence_parallel)
-                pooling_kw: dict[str, Any] = {}
+            if segment_ids is not None:
+                if position_ids is None:
+                    raise ValueError("segment_ids: packed rows need position_ids restarting per sample")
+                attention_mask, pooling = self.packed_visibility(segment_ids, token_kind, group_index)
             else:
-                pooling_kw = {"pooling": pooling}
+                attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
+            lm_loss: Any = self.model.lm_loss
+            extra: dict[str, Any] = {"reduction": reduction}
+            if self.sequence_parallel is not None:  # packing and pooling are refused with it (config)
+                lm_loss = functools.partial(sequence_parallel.lm_loss, self.model, self.sequence_parallel)
+            else:
+                extra.update(pooling=pooling, position_ids=position_ids)
             if self.feature_cache is not None and pixel_values.numel():
                 tokens = self.feature_cache.group_tokens(self.model, pixel_values)
-                return lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, **pooling_kw)
-            return lm_loss(input_ids, attention_mask, labels, pixel_values, **pooling_kw)
+                return lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, **extra)
+            return lm_loss(input_ids, attention_mask, labels, pixel_values, **extra)
         return self.dts_reconstruction(pixel_values)
+
+    def packed_visibility(self, segment_ids: torch.Tensor, token_kind: torch.Tensor | None,
+                          group_index: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The LLM's attention mask for packed rows, per sample as `visibility` gives it to the sample alone.
+
+        Without chunked attention: None on a flash-attention or `PACKED_SDPA` LLM (both find the samples
+        where the position ids restart), else the block-diagonal causal [B, 1, L, L] mask. With it: each sample's
+        drawn view (chunked / bi-level / causal) on the diagonal (model/packing.py)."""
+        cfg = self.chunked_attention
+        if cfg is None or cfg.fraction == 0:
+            impl = str(self.model.llm.config._attn_implementation)
+            if impl.startswith("flash_attention") or impl == PACKED_SDPA:
+                return None, None
+            return block_causal_mask(segment_ids), None
+        if token_kind is None or group_index is None:
+            raise ValueError("chunked_attention: the batch lacks token_kind/group_index (data.collate adds them)")
+        places, (kinds, groups, valid) = unpack_rows(segment_ids, token_kind, group_index, fill=(0, -1))
+        mask, pooling = self.visibility(valid.long(), kinds, groups)
+        if mask.dim() == 2:  # no sample drawn: plain causal per sample
+            mask = causal_visibility(valid)
+        return compose_block_diagonal(places, mask, tuple(segment_ids.shape), pooling)
 
     def loss_positions(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> int:
         """How many positions `forward`'s loss is the mean over, for one batch: the supervised next-token

@@ -161,14 +161,18 @@ def _full_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor | None
 
 def lm_loss(model: nn.Module, sp: SequenceGroup, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             labels: torch.Tensor, pixel_values: torch.Tensor | None = None,
-            group_tokens: torch.Tensor | None = None) -> torch.Tensor:
+            group_tokens: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """`VideoXL2ForCausalLM.lm_loss` with the LLM sharded over `sp` (the LLM must be `install`-ed).
 
     input_ids/labels [B, L] (the same on every rank of the group), attention_mask [B, L] right-padded
     or [B, 1, L, L] boolean visibility. Returns a scalar whose value is the mean next-token
     cross-entropy over all supervised tokens of the batch (identical on the group's ranks) and whose
     gradient is P times this shard's share (see the module docstring). NaN when no token is supervised.
+    `reduction="sum"`: the value is the sum over those tokens instead (gradient again P times the shard's
+    share), as the trainer's token-weighted loss asks of `VideoXL2ForCausalLM.lm_loss`.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if labels.shape != input_ids.shape:
         raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
     embeds = model._video_embeds(input_ids, pixel_values, group_tokens)
@@ -189,5 +193,8 @@ def lm_loss(model: nn.Module, sp: SequenceGroup, input_ids: torch.Tensor, attent
     totals = torch.stack([supervised.sum().to(local.dtype), local.detach()])
     torch.distributed.all_reduce(totals, group=sp.group)
     count, total = totals[0], totals[1]
+    if reduction == "sum":
+        scaled = local * sp.degree
+        return scaled + (total - scaled).detach()
     scaled = local * (sp.degree / count)
     return scaled + (total / count - scaled).detach()

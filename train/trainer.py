@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from data.faults import metric_name
+from model.packing import supervised_targets
 from train import checkpoint as ckpt
 from train import reshard
 from train.config import RunConfig
@@ -42,6 +43,7 @@ class LoopState:
     samples: int = 0
     tokens: int = 0
     nonfinite_total: int = 0
+    oversize_samples: int = 0  # samples longer than loop.packing.max_tokens, each trained alone
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -68,7 +70,8 @@ def seed_everything(seed: int) -> None:
 
 def _batch_tensors(batch: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
     """The module's inputs on `dev`: ids, mask, labels, frames, and the token layout when the batch has it."""
-    keys = ("input_ids", "attention_mask", "labels", "pixel_values", "token_kind", "group_index")
+    keys = ("input_ids", "attention_mask", "labels", "pixel_values", "token_kind", "group_index", "position_ids",
+            "segment_ids")
     return {k: batch[k].to(dev, non_blocking=True) for k in keys if k in batch}
 
 
@@ -79,15 +82,23 @@ class StepLoop:
     on any rank is dropped on all ranks (no backward, no engine step) and counted; the
     `max_consecutive_nonfinite`-th in a row raises `NonFiniteLossError`. A batch iterator that runs
     dry raises `RuntimeError` naming the rank (the loader loops, so this means it broke).
+
+    `token_weighted` (the lm loss): the step's loss is the mean over every supervised token of its
+    micro-batches on all ranks, whatever their split into micro-batches, rows or ranks (so packed and
+    unpacked batches give the same loss and gradients). The step's micro-batches are fetched first, their
+    supervised targets summed over ranks (N); each micro-batch's summed loss is scaled by
+    grad_accum * world_size / N (DeepSpeed divides by both). A micro-batch that replaces a non-finite one
+    keeps that N.
     """
 
     def __init__(self, engine: Any, dist: DistEnv, dev: torch.device, grad_accum: int,
                  max_consecutive_nonfinite: int, vision_pad_token_id: int | None,
                  flops: FlopModel | None, peak_flops_per_device: float,
                  skip_reasons: tuple[str, ...] = (), feature_cache: FrozenFeatureCache | None = None,
-                 sequence_parallel: int = 1) -> None:
+                 sequence_parallel: int = 1, token_weighted: bool = False) -> None:
         self.engine = engine
         self.sequence_parallel = sequence_parallel  # ranks that see the same batch (counted once in metrics)
+        self.token_weighted = token_weighted
         self.feature_cache = feature_cache  # the module's memo of frozen features, reported in the metrics
         self.dist = dist
         self.dev = dev
@@ -113,18 +124,22 @@ class StepLoop:
         lrs = self._group_lrs()  # the rates this step applies
         done = 0
         loss_sum = 0.0
-        local = {"samples": 0.0, "tokens": 0.0, "visual_tokens": 0.0, "frames": 0.0, "seq_sq": 0.0}
+        local = {"samples": 0.0, "tokens": 0.0, "visual_tokens": 0.0, "frames": 0.0, "seq_sq": 0.0,
+                 "slots": 0.0, "oversize": 0.0}
+        ahead: list[dict[str, Any]] = []
+        scale = 1.0
+        if self.token_weighted:
+            ahead = [self._fetch(batches, state) for _ in range(self.grad_accum)]
+            targets = sum(supervised_targets(b["labels"]) for b in ahead)
+            (total,) = all_reduce_sum([float(targets)], self.dev)
+            scale = self.grad_accum * self.dist.world_size / max(total, 1.0)
         while done < self.grad_accum:
-            with torch.random.fork_rng(devices=[]):  # data fetching never shifts the training RNG
-                try:  # (a DataLoader draws its base seed when it starts)
-                    batch = next(batches)
-                except StopIteration:
-                    raise RuntimeError(
-                        f"rank {self.dist.rank}: the train split's batch iterator ended at step {state.step} "
-                        f"(micro-batch {state.micro_batches}); the other ranks would wait forever in "
-                        "the next all-reduce") from None
+            batch = ahead.pop(0) if ahead else self._fetch(batches, state)
             inputs = _batch_tensors(batch, self.dev)
-            loss = self.engine(**inputs)
+            if self.token_weighted:
+                loss = self.engine(**inputs, reduction="sum") * scale
+            else:
+                loss = self.engine(**inputs)
             bad = all_reduce_max(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, self.dev)
             state.micro_batches += 1
             if bad > 0:
@@ -141,9 +156,11 @@ class StepLoop:
             done += 1
             loss_sum += float(loss.detach().float())
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            lengths = mask.sum(dim=1).double()
-            local["samples"] += ids.shape[0]
+            lengths = batch.get("sample_lengths", mask.sum(dim=1)).double()  # per sample, packed or not
+            local["samples"] += lengths.numel()
             local["tokens"] += float(lengths.sum())
+            local["slots"] += float(ids.numel())
+            local["oversize"] += float(batch.get("oversize", 0))
             local["seq_sq"] += float((lengths**2).sum())
             local["frames"] += float(batch["pixel_values"].shape[0])
             if self.vision_pad is not None:
@@ -159,8 +176,11 @@ class StepLoop:
         state.step += 1
         state.samples += int(reduced["samples"])
         state.tokens += int(reduced["tokens"])
+        state.oversize_samples += int(reduced["oversize"])
         metrics: dict[str, float] = {"loss": loss_mean, "step_time_s": dt,
                                      "tokens_per_s": reduced["tokens"] / dt,
+                                     "padding_fraction": 1.0 - reduced["tokens"] / max(1.0, reduced["slots"]),
+                                     "oversize_samples": float(state.oversize_samples),
                                      "samples_per_s": reduced["samples"] / dt,
                                      "visual_tokens_per_sample": reduced["visual_tokens"] / max(1.0, reduced["samples"]),
                                      "nonfinite_total": float(state.nonfinite_total)}
@@ -179,6 +199,17 @@ class StepLoop:
             metrics["flops"] = step_flops
             metrics["mfu"] = step_flops / dt / (self.peak * self.dist.world_size)
         return metrics
+
+    def _fetch(self, batches: Iterator[dict[str, Any]], state: LoopState) -> dict[str, Any]:
+        """The next micro-batch; a dry iterator raises naming the rank."""
+        with torch.random.fork_rng(devices=[]):  # data fetching never shifts the training RNG
+            try:  # (a DataLoader draws its base seed when it starts)
+                return next(batches)
+            except StopIteration:
+                raise RuntimeError(
+                    f"rank {self.dist.rank}: the train split's batch iterator ended at step {state.step} "
+                    f"(micro-batch {state.micro_batches}); the other ranks would wait forever in "
+                    "the next all-reduce") from None
 
 
 def _run_name(stage: str, out_dir: Path) -> str:
@@ -216,7 +247,8 @@ def _train_loader(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEnv,
                         batch_size=run.loop.micro_batch_size, num_workers=num_workers, rank=rank,
                         world_size=world, seed=run.seed, frames_upbound=run.stage.frames_upbound,
                         fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=loop,
-                        tasks=run.stage.data.tasks)
+                        tasks=run.stage.data.tasks,
+                        packing=run.loop.packing.max_tokens if run.loop.packing is not None else None)
 
 
 def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
@@ -297,7 +329,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     step_loop = StepLoop(engine, dist, dev, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
                          run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS,
-                         feature_cache=parts.train_module.feature_cache, sequence_parallel=sp_degree)
+                         feature_cache=parts.train_module.feature_cache, sequence_parallel=sp_degree,
+                         token_weighted=run.stage.loss == "lm")
     result = LoopResult(state=state)
     logger.event("parameters", state.step, **params)
     logger.summary({f"parameters/{k}": v for k, v in params.items()})
