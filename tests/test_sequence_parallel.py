@@ -145,6 +145,19 @@ def test_bad_sequence_parallel_config_is_one_line(overrides: list[str]) -> None:
     assert err.value.field == "loop.sequence_parallel" and "\n" not in str(err.value)
 
 
+def test_packing_with_sequence_parallel_is_refused_in_one_line() -> None:
+    from test_config import composed
+
+    from train.build import check_run
+    from train.config import parse_run_config
+
+    raw = composed(["model=tiny", "stage=sft", "loop.sequence_parallel=2", "loop.max_steps=2",
+                    "loop.packing={max_tokens: 512}"])
+    with pytest.raises(ConfigError) as err:
+        check_run(parse_run_config(raw), check_paths=False)
+    assert err.value.field == "loop.packing" and "sequence_parallel" in str(err.value) and "\n" not in str(err.value)
+
+
 def _train(synth: Path, out: Path, ranks: int, *extra: str) -> dict[int, dict]:
     import json
     import subprocess
