@@ -1,6 +1,6 @@
 """Ulysses sequence parallelism (train/sequence_parallel.py) on 2 CPU ranks (gloo): loss and gradients
 equal the single-process `lm_loss` within fp32 tolerance, with padding, an odd length, a chunked
-visibility mask and a shard without supervised tokens; the vision tower keeps plain SDPA; bad degrees
+visibility mask, a shard without supervised tokens and a packed row; the vision tower keeps plain SDPA; bad degrees
 and configs are refused with one line."""
 
 from __future__ import annotations
@@ -62,6 +62,19 @@ def _visibility(mask: torch.Tensor) -> torch.Tensor:
     return vis | torch.eye(seq, dtype=torch.bool)
 
 
+def _packed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`_batch`'s two samples packed into one row of 31 + 25 = 56 tokens: position ids restart at the second
+    sample, the block-diagonal causal mask of `model.packing` keeps each sample to itself."""
+    from model.packing import block_causal_mask
+
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    row = {k: torch.cat([batch[k][i, :n] for i, n in enumerate(lengths)])[None] for k in ("input_ids", "labels")}
+    segments = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    return {**row, "attention_mask": block_causal_mask(segments), "position_ids": positions,
+            "pixel_values": batch["pixel_values"]}
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import deepspeed
 
@@ -84,8 +97,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     results["vision_impl_ok"] = torch.tensor(float(
         model.vision_tower.config._attn_implementation == "sdpa" and ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_before
         and model.llm.config._attn_implementation == ULYSSES_SDPA))
-    for case, seed in (("padded", 1), ("visibility", 2), ("empty_shard", 3)):
+    for case, seed in (("padded", 1), ("visibility", 2), ("empty_shard", 3), ("packed", 4)):
         batch = _batch(cfg, seed)
+        if case == "packed":
+            batch = _packed(batch)
         mask = batch["attention_mask"]
         if case == "visibility":
             mask = _visibility(mask)
@@ -95,9 +110,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             batch["labels"][1, 3:5] = batch["input_ids"][1, 3:5]
         for net in (model, reference):
             net.zero_grad(set_to_none=True)
-        loss = sp_mod.lm_loss(model, sp, batch["input_ids"], mask, batch["labels"], batch["pixel_values"])
+        positions = batch.get("position_ids")
+        loss = sp_mod.lm_loss(model, sp, batch["input_ids"], mask, batch["labels"], batch["pixel_values"],
+                              position_ids=positions)
         loss.backward()
-        ref = reference.lm_loss(batch["input_ids"], mask, batch["labels"], batch["pixel_values"])
+        ref = reference.lm_loss(batch["input_ids"], mask, batch["labels"], batch["pixel_values"], position_ids=positions)
         ref.backward()
         results[f"{case}/loss"] = loss.detach()
         results[f"{case}/ref_loss"] = ref.detach()
@@ -117,7 +134,7 @@ def test_two_rank_loss_and_grads_equal_single_process(tmp_path: Path) -> None:
     for rank in range(2):
         res = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert res["vision_impl_ok"].item() == 1.0
-        for case in ("padded", "visibility", "empty_shard"):
+        for case in ("padded", "visibility", "empty_shard", "packed"):
             torch.testing.assert_close(res[f"{case}/loss"], res[f"{case}/ref_loss"], rtol=1e-5, atol=1e-6)
             names = [k.split("/grad/", 1)[1] for k in res if k.startswith(f"{case}/grad/")]
             assert names
@@ -143,19 +160,6 @@ def test_bad_sequence_parallel_config_is_one_line(overrides: list[str]) -> None:
     with pytest.raises(ConfigError) as err:
         check_run(parse_run_config(composed(["model=tiny", *overrides])), check_paths=False)
     assert err.value.field == "loop.sequence_parallel" and "\n" not in str(err.value)
-
-
-def test_packing_with_sequence_parallel_is_refused_in_one_line() -> None:
-    from test_config import composed
-
-    from train.build import check_run
-    from train.config import parse_run_config
-
-    raw = composed(["model=tiny", "stage=sft", "loop.sequence_parallel=2", "loop.max_steps=2",
-                    "loop.packing={max_tokens: 512}"])
-    with pytest.raises(ConfigError) as err:
-        check_run(parse_run_config(raw), check_paths=False)
-    assert err.value.field == "loop.packing" and "sequence_parallel" in str(err.value) and "\n" not in str(err.value)
 
 
 def _train(synth: Path, out: Path, ranks: int, *extra: str) -> dict[int, dict]:
@@ -185,7 +189,8 @@ def _train(synth: Path, out: Path, ranks: int, *extra: str) -> dict[int, dict]:
 def test_trainer_two_ranks_one_sequence_equals_one_rank(synth: Path, tmp_path: Path) -> None:
     """`python -m train` with loop.sequence_parallel=2 on 2 ranks (one data-parallel group, so the same
     batches) gives the single-rank run's per-step losses and gradient norms, under ZeRO-2 and ZeRO-3, and
-    the same validation loss over the same val samples (the group's ranks score one slice, counted once)."""
+    the same validation loss over the same val samples (the group's ranks score one slice, counted once);
+    with packed rows too."""
     ref = _train(synth, tmp_path / "one", 1, "deepspeed=zero2", "loop.eval_every_steps=1")
     for zero in ("zero2", "zero3"):
         got = _train(synth, tmp_path / zero, 2, f"deepspeed={zero}", "loop.sequence_parallel=2",
@@ -196,3 +201,13 @@ def test_trainer_two_ranks_one_sequence_equals_one_rank(synth: Path, tmp_path: P
                 assert got[step][key] == pytest.approx(ref[step][key], rel=1e-5), (zero, step, key)
             assert got[step]["val/samples"] == ref[step]["val/samples"] > 0
             assert got[step]["samples_per_s"] * got[step]["step_time_s"] == pytest.approx(2.0)  # counted once
+    # packed rows (loop.packing): each sample's positions and block-diagonal attention survive the sharding
+    packing = "loop.packing={max_tokens: 1024}"
+    ref = _train(synth, tmp_path / "one_packed", 1, "deepspeed=zero2", packing)
+    got = _train(synth, tmp_path / "packed", 2, "deepspeed=zero2", "loop.sequence_parallel=2", packing)
+    assert sorted(got) == sorted(ref) == [1, 2]
+    for step in ref:
+        for key in ("loss", "grad_norm"):
+            assert got[step][key] == pytest.approx(ref[step][key], rel=1e-5), ("packed", step, key)
+        assert got[step]["samples_per_s"] == pytest.approx(ref[step]["samples_per_s"] * ref[step]["step_time_s"]
+                                                           / got[step]["step_time_s"])  # counted once

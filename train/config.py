@@ -441,9 +441,6 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         if st.steps is None and lp.max_steps is None:
             raise ConfigError("loop.packing", "a packed micro-batch holds a varying number of samples, so "
                               "stage.epochs cannot be turned into steps; set stage.steps or loop.max_steps")
-        if lp.sequence_parallel > 1:
-            raise ConfigError("loop.packing", "not with loop.sequence_parallel > 1 yet (a packed row's per-sample "
-                              "positions and attention are not sharded); use one of the two")
     if lp.frozen_feature_cache_mb < 0:
         raise ConfigError("loop.frozen_feature_cache_mb", "must be >= 0 (0 turns the cache off)")
     if lp.frozen_feature_cache_mb:

@@ -141,11 +141,11 @@ class TrainModule(nn.Module):
             else:
                 attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
             lm_loss: Any = self.model.lm_loss
-            extra: dict[str, Any] = {"reduction": reduction}
-            if self.sequence_parallel is not None:  # packing and pooling are refused with it (config)
+            extra: dict[str, Any] = {"reduction": reduction, "position_ids": position_ids}
+            if self.sequence_parallel is not None:  # pooling (bi-level) is refused with it (config)
                 lm_loss = functools.partial(sequence_parallel.lm_loss, self.model, self.sequence_parallel)
             else:
-                extra.update(pooling=pooling, position_ids=position_ids)
+                extra["pooling"] = pooling
             if self.feature_cache is not None and pixel_values.numel():
                 tokens = self.feature_cache.group_tokens(self.model, pixel_values)
                 return lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, **extra)

@@ -161,11 +161,13 @@ def _full_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor | None
 
 def lm_loss(model: nn.Module, sp: SequenceGroup, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             labels: torch.Tensor, pixel_values: torch.Tensor | None = None,
-            group_tokens: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+            group_tokens: torch.Tensor | None = None, reduction: str = "mean",
+            position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """`VideoXL2ForCausalLM.lm_loss` with the LLM sharded over `sp` (the LLM must be `install`-ed).
 
     input_ids/labels [B, L] (the same on every rank of the group), attention_mask [B, L] right-padded
-    or [B, 1, L, L] boolean visibility. Returns a scalar whose value is the mean next-token
+    or [B, 1, L, L] boolean visibility (packed rows: the block-diagonal mask of `model.packing`, with
+    `position_ids` [B, L] restarting per sample; default 0..L-1). Returns a scalar whose value is the mean next-token
     cross-entropy over all supervised tokens of the batch (identical on the group's ranks) and whose
     gradient is P times this shard's share (see the module docstring). NaN when no token is supervised.
     `reduction="sum"`: the value is the sum over those tokens instead (gradient again P times the shard's
@@ -182,7 +184,9 @@ def lm_loss(model: nn.Module, sp: SequenceGroup, input_ids: torch.Tensor, attent
     targets[:, :seq - 1] = labels[:, 1:].to(embeds.device)  # position t predicts token t + 1
     mask = _full_mask(attention_mask.to(embeds.device), length)
     embeds = nn.functional.pad(embeds, (0, 0, 0, length - seq))
-    positions = torch.arange(length, device=embeds.device).expand(bsz, length)
+    positions = torch.arange(length, device=embeds.device).expand(bsz, length).clone()
+    if position_ids is not None:  # the padding up to `length` keeps counting (it attends to itself only)
+        positions[:, :seq] = position_ids.to(embeds.device)
     part = sp.shard(length)
     hidden = model.llm.model(inputs_embeds=embeds[:, part], attention_mask=mask, position_ids=positions[:, part],
                              use_cache=False).last_hidden_state
