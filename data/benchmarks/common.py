@@ -398,6 +398,8 @@ def _read_with_datasets(path: Path, builder: str) -> list[dict[str, Any]] | None
     """Rows via `datasets`; None for a JSON file with a mixed-type column (see `read_table`)."""
     import datasets
 
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # no "Generating train split" bar per annotation file in an evaluation
     with tempfile.TemporaryDirectory(prefix="bench-read-") as cache:
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
@@ -411,6 +413,9 @@ def _read_with_datasets(path: Path, builder: str) -> list[dict[str, Any]] | None
             raise AnnotationError(path, None, None, f"cannot read as {builder}: {_cause(exc)}") from exc
         except Exception as exc:  # DatasetGenerationError / ArrowInvalid wrap the parser's error
             raise AnnotationError(path, None, None, f"cannot read as {builder}: {_cause(exc)}") from exc
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
 
 
 def _cause(exc: BaseException) -> str:
