@@ -209,7 +209,7 @@ def convert(annotations: Sequence[str], media_root: str, out_dir: str, shard_siz
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m data.make_shards", description=__doc__.splitlines()[0])
     parser.add_argument("--annotations", required=True, help="comma-separated .json / .jsonl files")
     parser.add_argument("--media-root", required=True, help="directory the media paths are relative to")
     parser.add_argument("--out", required=True, help="output directory for shard-NNNNNN.tar")
