@@ -163,8 +163,14 @@ def need(row: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> 
     if val is None or (isinstance(val, str) and not val.strip()):
         raise RowSkip("missing_field", f"field '{key}' is missing or empty")
     if not isinstance(val, kind) or isinstance(val, bool):
-        raise RowSkip("bad_field", f"field '{key}' is {type(val).__name__}, expected {kind}")
+        raise RowSkip("bad_field", f"field '{key}' is {type(val).__name__}, expected {type_names(kind)}")
     return val
+
+
+def type_names(kind: type | tuple[type, ...]) -> str:
+    """A type or a tuple of types as a message reads them: ``str``, ``int or float``."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
 
 
 def number_or_none(val: Any) -> float | None:

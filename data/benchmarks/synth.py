@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data.benchmarks.common import EVAL_TASKS, LETTERS, AnnotationError, EvalSample
+from data.benchmarks.common import EVAL_TASKS, LETTERS, AnnotationError, EvalSample, type_names
 
 if TYPE_CHECKING:
     from data.shards import RawSample
@@ -28,7 +28,7 @@ def _need(row: dict[str, Any], key: str, path: Path, where: str, kind: type | tu
         raise AnnotationError(path, where, key, "missing")
     val = row[key]
     if not isinstance(val, kind) or isinstance(val, bool):
-        raise AnnotationError(path, where, key, f"expected {kind}, got {type(val).__name__}")
+        raise AnnotationError(path, where, key, f"expected {type_names(kind)}, got {type(val).__name__}")
     return val
 
 
