@@ -138,7 +138,9 @@ def build_inputs(sample: EvalSample, prompt: str, tokenizer: Any, model_cfg: Any
     """(input_ids [1, L], pixel_values [F, 3, S, S], layout, info) for one sample.
 
     `prompt` is the user text after ``<image>\n``; `spec` (optional) adds its system prompt and its
-    assistant-turn prefix (appended after ``<|im_start|>assistant\n`` as question tokens).
+    assistant-turn prefix (appended after ``<|im_start|>assistant\n`` as question tokens). Without a
+    protocol system prompt, a record's leading ``system`` turn (``metadata["system_prompt"]``) is used,
+    as it was in training.
     `video` is the sample's `read_sample_video` result when already decoded (decoded here otherwise).
     """
     from model.inference.layout import VideoLayout
@@ -147,7 +149,9 @@ def build_inputs(sample: EvalSample, prompt: str, tokenizer: Any, model_cfg: Any
 
     group = int(model_cfg.frames_per_group)
     frames, timestamps, duration = video if video is not None else read_sample_video(sample, model_cfg, setting)
-    extra = {"system_prompt": spec.system} if spec is not None and spec.system is not None else {}
+    # the protocol's system prompt, else the record's own leading system turn, else the model default
+    system = spec.system if spec is not None and spec.system is not None else sample.metadata.get("system_prompt")
+    extra = {"system_prompt": system} if isinstance(system, str) else {}
     prefix_ids = (tokenizer.encode(spec.response_prefix, add_special_tokens=False)
                   if spec is not None and spec.response_prefix else [])
     budget = None if setting.max_length is None else int(setting.max_length) - len(prefix_ids)

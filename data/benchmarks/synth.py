@@ -72,6 +72,9 @@ def record_to_sample(rec: Any, path: Path, where: str, video: str, source: str) 
         options=options, prompt=prompt, duration=float(rec["duration"]) if isinstance(rec.get("duration"), (int, float)) else None,
         metadata={k: v for k, v in rec.items() if k not in ("conversations", "answer")},
     )
+    first = convs[0] if convs and isinstance(convs[0], dict) else {}
+    if first.get("from") == "system" and isinstance(first.get("value"), str):  # as in training (model.sequence)
+        sample.metadata["system_prompt"] = first["value"]
     if isinstance(answer.get("type"), str):  # synth question family
         sample.metadata.setdefault("question_type", answer["type"])
     if task == "grounding":
