@@ -470,3 +470,23 @@ def test_a_records_system_turn_reaches_the_model_input(tiny: dict[str, Any], tmp
     spec = prompt_spec("mlvu", "official", "unused")
     assert text(with_sys, spec).startswith(f"<|im_start|>system\n{spec.system}")
     assert render(spec, with_sys)  # the record renders under a protocol as well
+
+
+def test_records_read_option_lines_in_each_labelling(tmp_path: Path) -> None:
+    """A records question's options may be labelled "A. ", "A) " or "(A) " (MLVU's style); the answer
+    letter is checked against how many there are."""
+    from data.benchmarks import read_benchmark
+
+    def rec(i: int, lines: list[str], letter: str) -> dict[str, Any]:
+        human = {"from": "human", "value": "<image>\nWhat colour is the box?\n" + "\n".join(lines)}
+        return {"id": f"r{i}", "video": "v.mp4", "task": "mcq", "answer": {"letter": letter},
+                "conversations": [human, {"from": "gpt", "value": letter}]}
+
+    labels = [["A. white", "B. red"], ["A) white", "B) red"], ["(A) white", "(B) red"]]
+    ann = tmp_path / "records.json"
+    ann.write_text(json.dumps([rec(i, lines, "B") for i, lines in enumerate(labels)]))
+    samples = read_benchmark("records", ann, tmp_path).samples
+    assert [s.options for s in samples] == [["white", "red"]] * 3
+    ann.write_text(json.dumps([rec(0, labels[2], "C")]))
+    with pytest.raises(AnnotationError, match="answer.letter"):
+        read_benchmark("records", ann, tmp_path)

@@ -52,7 +52,8 @@ def _letter_of(ans: str, n_options: int, path: Path, where: str, key: str = "ans
 
 
 # ---------------------------------------------------- synth shards and record lists
-_PROMPT_OPTION = re.compile(r"^\s*([A-J])[.)]\s+(.*)$", re.MULTILINE)
+# an option line of the question: "A. text", "A) text" or "(A) text" (MLVU's and LVBench's labels)
+_PROMPT_OPTION = re.compile(r"^\s*(?:\(([A-J])\)|([A-J])[.)])\s+(.*)$", re.MULTILINE)
 
 
 def record_to_sample(rec: Any, path: Path, where: str, video: str, source: str) -> EvalSample | None:
@@ -66,7 +67,7 @@ def record_to_sample(rec: Any, path: Path, where: str, video: str, source: str) 
         raise AnnotationError(path, where, "conversations", "no human turn with a string 'value'")
     prompt = human["value"].replace("<image>", "").strip()
     answer = _need(rec, "answer", path, where, dict)
-    options = [m.group(2).strip() for m in _PROMPT_OPTION.finditer(prompt)]
+    options = [m.group(3).strip() for m in _PROMPT_OPTION.finditer(prompt)]
     sample = EvalSample(
         sample_id=str(rec.get("id", where)), video=video, task=task, question=prompt, source=source,
         options=options, prompt=prompt, duration=float(rec["duration"]) if isinstance(rec.get("duration"), (int, float)) else None,
