@@ -171,7 +171,9 @@ class _PyAVVideo:
         try:
             container = av.open(io.BytesIO(data), mode="r")
         except PYAV_ERRORS as exc:
-            raise DecodeError(f"pyav: cannot open the container ({_first_line(exc)})") from exc
+            # FFmpeg's own text without PyAV's "[Errno N] ...: '<none>'" wrapping (the file is read from memory)
+            reason = getattr(exc, "strerror", None) or _first_line(exc)
+            raise DecodeError(f"pyav: cannot open the container ({reason})") from exc
         try:
             stream = _best_video_stream(container)
             self.codec = str(stream.codec_context.codec.canonical_name)

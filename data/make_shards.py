@@ -24,6 +24,7 @@ rejected videos per codec, and the written videos per codec and decoder.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -209,7 +210,7 @@ def convert(annotations: Sequence[str], media_root: str, out_dir: str, shard_siz
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m data.make_shards", description=__doc__.splitlines()[0])
     parser.add_argument("--annotations", required=True, help="comma-separated .json / .jsonl files")
     parser.add_argument("--media-root", required=True, help="directory the media paths are relative to")
     parser.add_argument("--out", required=True, help="output directory for shard-NNNNNN.tar")
@@ -231,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--annotations: no such file {f}")
     if not os.path.isdir(args.media_root):
         parser.error(f"--media-root: no such directory {args.media_root}")
+    old = sorted(glob.glob(os.path.join(glob.escape(args.out), "shard-*.tar")))
+    if old:  # a smaller rewrite would leave the old run's last shards to be read as data
+        parser.error(f"--out: {args.out} already holds {len(old)} shard-*.tar files from an earlier run; "
+                     "choose another folder or delete them")
     try:
         report = convert(files, args.media_root, args.out, args.shard_size, args.task,
                          FrameCheck(args.check_frames, args.check_fps_upbound or None))

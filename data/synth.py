@@ -176,7 +176,7 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI entry point."""
-    p = argparse.ArgumentParser(description="Generate the synthetic scene dataset as WebDataset shards.")
+    p = argparse.ArgumentParser(prog="python -m data.synth", description="Generate the synthetic scene dataset as WebDataset shards.")
     p.add_argument("--out", required=True)
     p.add_argument("--videos", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)

@@ -69,7 +69,8 @@ def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
     """Samples of `cfg.format` at `cfg.data`, filtered to the bench's task, first `cfg.limit` kept.
 
     Every format is read by `data.benchmarks.read_benchmark` (``strict`` turns any excluded row, and any
-    missing video, into an AnnotationError). Raises ValueError when no sample is left.
+    missing video, into an AnnotationError). Raises AnnotationError (naming the file, the excluded rows'
+    reasons and the tasks found) when no sample is left.
     """
     fmt = cfg.format
     if fmt == "synth":  # shard videos are extracted under work_dir
@@ -82,13 +83,27 @@ def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
     if cfg.strict and missing:
         raise AnnotationError(cfg.data, f"sample {missing[0].sample_id}", "video",
                               f"no video at {missing[0].video} ({len(missing)} missing; strict=true)")
+    tasks = sorted({s.task for s in samples})
     samples = [s for s in samples if s.task == cfg.task]
     n_read = len(samples)
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
     if not samples:
-        raise ValueError(f"no '{cfg.task}' samples in {cfg.data} (format={fmt})")
+        why = [f"{len(excluded)} rows excluded ({_count_reasons(excluded)}; "
+               f"`python -m data.benchmarks` lists them)"] if excluded else []
+        if tasks:
+            why.append(f"the file's tasks are {tasks}")
+        detail = f": {', '.join(why)}" if why else ""
+        raise AnnotationError(cfg.data, None, None, f"no '{cfg.task}' samples (format={fmt}){detail}")
     return LoadedSamples(samples, excluded, n_read)
+
+
+def _count_reasons(excluded: list[Exclusion]) -> str:
+    """"reason N, ..." of excluded rows, most frequent first."""
+    counts: dict[str, int] = {}
+    for e in excluded:
+        counts[e.reason] = counts.get(e.reason, 0) + 1
+    return ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def read_video(path: str, frames_upbound: int, fps_upbound: float | None,
@@ -123,7 +138,9 @@ def build_inputs(sample: EvalSample, prompt: str, tokenizer: Any, model_cfg: Any
     """(input_ids [1, L], pixel_values [F, 3, S, S], layout, info) for one sample.
 
     `prompt` is the user text after ``<image>\n``; `spec` (optional) adds its system prompt and its
-    assistant-turn prefix (appended after ``<|im_start|>assistant\n`` as question tokens).
+    assistant-turn prefix (appended after ``<|im_start|>assistant\n`` as question tokens). Without a
+    protocol system prompt, a record's leading ``system`` turn (``metadata["system_prompt"]``) is used,
+    as it was in training.
     `video` is the sample's `read_sample_video` result when already decoded (decoded here otherwise).
     """
     from model.inference.layout import VideoLayout
@@ -132,7 +149,9 @@ def build_inputs(sample: EvalSample, prompt: str, tokenizer: Any, model_cfg: Any
 
     group = int(model_cfg.frames_per_group)
     frames, timestamps, duration = video if video is not None else read_sample_video(sample, model_cfg, setting)
-    extra = {"system_prompt": spec.system} if spec is not None and spec.system is not None else {}
+    # the protocol's system prompt, else the record's own leading system turn, else the model default
+    system = spec.system if spec is not None and spec.system is not None else sample.metadata.get("system_prompt")
+    extra = {"system_prompt": system} if isinstance(system, str) else {}
     prefix_ids = (tokenizer.encode(spec.response_prefix, add_special_tokens=False)
                   if spec is not None and spec.response_prefix else [])
     budget = None if setting.max_length is None else int(setting.max_length) - len(prefix_ids)
@@ -338,11 +357,11 @@ def run(cfg: Any) -> dict[str, Any] | None:
         dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size)
     start = time.perf_counter()
     device = setup_device(ecfg.device, info)
-    model = VideoXL2ForCausalLM.from_pretrained(ecfg.ckpt, dtype=getattr(torch, ecfg.dtype)).to(device).eval()
-    tokenizer = load_tokenizer(ecfg.ckpt)
     with tempfile.TemporaryDirectory(prefix=f"eval-r{info.rank}-") as tmp:
         work = Path(ecfg.work_dir) / f"rank{info.rank}" if ecfg.work_dir else Path(tmp)
-        loaded = load_samples(ecfg, work)
+        loaded = load_samples(ecfg, work)  # annotation errors surface before the weights are loaded
+        model = VideoXL2ForCausalLM.from_pretrained(ecfg.ckpt, dtype=getattr(torch, ecfg.dtype)).to(device).eval()
+        tokenizer = load_tokenizer(ecfg.ckpt)
         mine = loaded.samples[info.rank::info.world_size]
         with torch.inference_mode():
             records = [evaluate_sample(model, tokenizer, s, ecfg, device, protocol) for s in mine]

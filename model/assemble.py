@@ -306,7 +306,7 @@ def assemble(vision: str | Path, llm: str | Path, out: str | Path, tokenizer: st
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 with one line on stderr for bad input)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.assemble", description=__doc__.split("\n\n")[0])
     parser.add_argument("--vision", required=True, help="SigLIP directory (SiglipModel or SiglipVisionModel)")
     parser.add_argument("--llm", required=True, help="Qwen2ForCausalLM directory (config.json + safetensors)")
     parser.add_argument("--out", required=True, help="output directory (created; must be empty)")

@@ -123,7 +123,7 @@ def convert(src: str | Path, dst: str | Path, config: VideoXL2Config | None = No
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.convert_official", description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", required=True, help="released checkpoint directory")
     parser.add_argument("--dst", required=True, help="output directory (save_pretrained format)")
     parser.add_argument("--config", default=None,

@@ -213,3 +213,21 @@ def test_synth_shards_read_only_known_members(tmp_path: Path, monkeypatch: pytes
     shard.write_bytes(shard.read_bytes()[:700])  # cut inside the second member
     with pytest.raises(ValueError, match=r"test-000000\.tar: unreadable tar shard"):
         read_synth_shards(tmp_path, tmp_path / "videos", "test")
+
+
+def test_read_table_prints_no_progress_bar(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """An evaluation reading annotation files through `datasets` shows no "Generating train split" bar
+    per file, and the caller's progress-bar setting is left as it was."""
+    import datasets
+
+    from data.benchmarks.common import read_table
+
+    path = tmp_path / "rows.json"
+    rows = [{"video": "a.mp4", "question": "q?", "answer": "x"}]
+    path.write_text(json.dumps(rows))
+    datasets.enable_progress_bars()
+    capfd.readouterr()
+    assert read_table(path) == rows
+    err = capfd.readouterr().err
+    assert "Generating" not in err, err
+    assert datasets.is_progress_bar_enabled()

@@ -207,3 +207,15 @@ def test_a_hanging_decode_is_abandoned_and_counted(shards: Path, workers: int) -
     assert {k: v for k, v in loader.skipped.items() if v} == {"decode_timeout": 1, "empty_answer": 2,
                                                               "unsupported_codec": 1}
     assert loader.decoded == {"hang_or_decord": 2, "pyav": 2}
+
+
+def test_an_unopenable_file_names_ffmpegs_reason(media: dict[str, bytes]) -> None:
+    """A file cut before its index (an mp4 without `moov`) fails with FFmpeg's reason, without PyAV's
+    errno and in-memory '<none>' file name."""
+    data = media["av1.mp4"]
+    with pytest.raises(SampleFault) as err:
+        VideoBytes(data[: len(data) // 3], "half.mp4")
+    text = str(err.value)
+    assert err.value.reason == BAD_VIDEO and "half.mp4" in text
+    assert "pyav: cannot open the container (Invalid data found when processing input)" in text, text
+    assert "<none>" not in text and "Errno" not in text

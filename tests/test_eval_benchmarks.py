@@ -435,3 +435,58 @@ def test_system_prompt_and_answer_prefix_reach_the_model_input(tiny: dict[str, A
     assert info["prompt_tokens"] == ids.shape[1] and pixels.shape[0] == 8
     plain, _, _, _ = build_inputs(sample, render(spec, sample), tok, model_cfg, SettingConfig("mlvu", 8), video)
     assert tok.decode(plain[0].tolist()).endswith("<|im_start|>assistant\n")
+
+
+def test_a_records_system_turn_reaches_the_model_input(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """format=records: a record's leading system turn (which set its system prompt in training) is its
+    system prompt at evaluation too; a record without one gets the default; a protocol's own system
+    prompt wins over it."""
+    from data.benchmarks import read_benchmark
+    from evaluation.config import SettingConfig
+    from evaluation.prompts import prompt_spec, render
+    from evaluation.runner import build_inputs
+    from model import VideoXL2ForCausalLM, load_tokenizer
+
+    tok = load_tokenizer(str(tiny["ckpt"]))
+    model_cfg = VideoXL2ForCausalLM.config_class.from_pretrained(str(tiny["ckpt"]))
+    question = {"from": "human", "value": "<image>\nWhich colour?\nA. red\nB. blue"}
+    recs = [{"id": "sys", "video": "v.mp4", "task": "mcq", "answer": {"letter": "B"},
+             "conversations": [{"from": "system", "value": "Answer like a pirate."}, question,
+                               {"from": "gpt", "value": "B"}]},
+            {"id": "plain", "video": "v.mp4", "task": "mcq", "answer": {"letter": "A"},
+             "conversations": [question, {"from": "gpt", "value": "A"}]}]
+    ann = tmp_path / "records.json"
+    ann.write_text(json.dumps(recs))
+    with_sys, plain = read_benchmark("records", ann, tmp_path).samples
+    video = (np.zeros((8, 32, 32, 3), dtype=np.uint8), [0.0, 2.0], 4.0)
+    setting = SettingConfig("synth", 8)
+
+    def text(sample: Any, spec: Any = None) -> str:
+        ids = build_inputs(sample, sample.prompt, tok, model_cfg, setting, video, spec)[0]
+        return tok.decode(ids[0].tolist())
+
+    assert text(with_sys).startswith("<|im_start|>system\nAnswer like a pirate.<|im_end|>")
+    assert text(plain).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    spec = prompt_spec("mlvu", "official", "unused")
+    assert text(with_sys, spec).startswith(f"<|im_start|>system\n{spec.system}")
+    assert render(spec, with_sys)  # the record renders under a protocol as well
+
+
+def test_records_read_option_lines_in_each_labelling(tmp_path: Path) -> None:
+    """A records question's options may be labelled "A. ", "A) " or "(A) " (MLVU's style); the answer
+    letter is checked against how many there are."""
+    from data.benchmarks import read_benchmark
+
+    def rec(i: int, lines: list[str], letter: str) -> dict[str, Any]:
+        human = {"from": "human", "value": "<image>\nWhat colour is the box?\n" + "\n".join(lines)}
+        return {"id": f"r{i}", "video": "v.mp4", "task": "mcq", "answer": {"letter": letter},
+                "conversations": [human, {"from": "gpt", "value": letter}]}
+
+    labels = [["A. white", "B. red"], ["A) white", "B) red"], ["(A) white", "(B) red"]]
+    ann = tmp_path / "records.json"
+    ann.write_text(json.dumps([rec(i, lines, "B") for i, lines in enumerate(labels)]))
+    samples = read_benchmark("records", ann, tmp_path).samples
+    assert [s.options for s in samples] == [["white", "red"]] * 3
+    ann.write_text(json.dumps([rec(0, labels[2], "C")]))
+    with pytest.raises(AnnotationError, match="answer.letter"):
+        read_benchmark("records", ann, tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from data.benchmarks import AnnotationError, read_benchmark
 from data.faults import SampleFault
 from data.niah import build_grid, write_mp4
 from data.sampling import sample_video_frames
@@ -70,8 +71,26 @@ def test_load_samples_filters_and_limits(tmp_path: Path) -> None:
     assert loaded.read == 4 and loaded.excluded == []
     assert len(load_samples(_cfg(data=str(ann), limit=3), tmp_path).samples) == 3
     mcq = {"name": "mcq", "task": "mcq", "max_new_tokens": 8, "template": "{question}"}
-    with pytest.raises(ValueError, match="no 'mcq' samples"):
+    with pytest.raises(AnnotationError, match=r"no 'mcq' samples \(format=records\): the file's tasks are \['needle'\]"):
         load_samples(_cfg(data=str(ann), bench=mcq), tmp_path)
+
+
+def test_no_scorable_row_is_an_annotation_error_with_the_reasons(tmp_path: Path) -> None:
+    """A benchmark file whose every row is excluded fails as AnnotationError (one line, exit 2 in the CLI)
+    that names the file and counts the exclusion reasons, instead of a bare ValueError traceback."""
+    bad = tmp_path / "1_plotQA.json"
+    rows = [{"video": 3, "duration": 5, "question": "q?", "candidates": ["a", "b"], "answer": "a"},
+            {"video": "v.mp4", "duration": 5, "question": "q?", "candidates": ["a", "b"], "answer": "c"},
+            {"video": "w.mp4", "duration": 5, "question": "q?", "candidates": ["a", "b"], "answer": "d"}]
+    bad.write_text(json.dumps(rows))
+    mcq = {"name": "mcq", "task": "mcq", "max_new_tokens": 8, "template": "{question}"}
+    with pytest.raises(AnnotationError) as err:
+        load_samples(_cfg(data=str(bad), format="mlvu", video_root=str(tmp_path), bench=mcq), tmp_path)
+    text = str(err.value)
+    assert text.startswith(f"{bad}: no 'mcq' samples (format=mlvu): 3 rows excluded ("), text
+    assert "answer_not_in_candidates 2, " in text and "python -m data.benchmarks" in text
+    details = {e.reason: e.detail for e in read_benchmark("mlvu", bad, tmp_path).excluded}
+    assert details["bad_field"] == "field 'video' is int, expected str"
 
 
 def test_read_video_errors_name_the_file(tmp_path: Path) -> None:

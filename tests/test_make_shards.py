@@ -87,6 +87,21 @@ def test_bad_annotation_file_is_a_clear_error(tmp_path: Path, media: Path,
         main(["--annotations", str(tmp_path / "nope.json"), "--media-root", str(media), "--out", str(tmp_path)])
 
 
+def test_an_out_folder_with_shards_is_refused(tmp_path: Path, media: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Writing into a folder that already holds shards would leave an earlier, longer run's last shards
+    beside the new ones (read as data by `shard-*.tar`): refused, exit 2, nothing written."""
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps([{"id": "v", "video": "vids/a.mp4", "conversations": conv()}]))
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / "shard-000003.tar").write_bytes(b"old")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--annotations", str(ann), "--media-root", str(media), "--out", str(out)])
+    assert exit_.value.code == 2
+    assert f"--out: {out} already holds 1 shard-*.tar files" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000003.tar"]
+
+
 def test_other_codecs_conversations_and_frame_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "media"
     root.mkdir()

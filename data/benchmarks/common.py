@@ -163,8 +163,14 @@ def need(row: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> 
     if val is None or (isinstance(val, str) and not val.strip()):
         raise RowSkip("missing_field", f"field '{key}' is missing or empty")
     if not isinstance(val, kind) or isinstance(val, bool):
-        raise RowSkip("bad_field", f"field '{key}' is {type(val).__name__}, expected {kind}")
+        raise RowSkip("bad_field", f"field '{key}' is {type(val).__name__}, expected {type_names(kind)}")
     return val
+
+
+def type_names(kind: type | tuple[type, ...]) -> str:
+    """A type or a tuple of types as a message reads them: ``str``, ``int or float``."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
 
 
 def number_or_none(val: Any) -> float | None:
@@ -398,6 +404,8 @@ def _read_with_datasets(path: Path, builder: str) -> list[dict[str, Any]] | None
     """Rows via `datasets`; None for a JSON file with a mixed-type column (see `read_table`)."""
     import datasets
 
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # no "Generating train split" bar per annotation file in an evaluation
     with tempfile.TemporaryDirectory(prefix="bench-read-") as cache:
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
@@ -411,6 +419,9 @@ def _read_with_datasets(path: Path, builder: str) -> list[dict[str, Any]] | None
             raise AnnotationError(path, None, None, f"cannot read as {builder}: {_cause(exc)}") from exc
         except Exception as exc:  # DatasetGenerationError / ArrowInvalid wrap the parser's error
             raise AnnotationError(path, None, None, f"cannot read as {builder}: {_cause(exc)}") from exc
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
 
 
 def _cause(exc: BaseException) -> str:

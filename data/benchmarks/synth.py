@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data.benchmarks.common import EVAL_TASKS, LETTERS, AnnotationError, EvalSample
+from data.benchmarks.common import EVAL_TASKS, LETTERS, AnnotationError, EvalSample, type_names
 
 if TYPE_CHECKING:
     from data.shards import RawSample
@@ -28,7 +28,7 @@ def _need(row: dict[str, Any], key: str, path: Path, where: str, kind: type | tu
         raise AnnotationError(path, where, key, "missing")
     val = row[key]
     if not isinstance(val, kind) or isinstance(val, bool):
-        raise AnnotationError(path, where, key, f"expected {kind}, got {type(val).__name__}")
+        raise AnnotationError(path, where, key, f"expected {type_names(kind)}, got {type(val).__name__}")
     return val
 
 
@@ -52,7 +52,8 @@ def _letter_of(ans: str, n_options: int, path: Path, where: str, key: str = "ans
 
 
 # ---------------------------------------------------- synth shards and record lists
-_PROMPT_OPTION = re.compile(r"^\s*([A-J])[.)]\s+(.*)$", re.MULTILINE)
+# an option line of the question: "A. text", "A) text" or "(A) text" (MLVU's and LVBench's labels)
+_PROMPT_OPTION = re.compile(r"^\s*(?:\(([A-J])\)|([A-J])[.)])\s+(.*)$", re.MULTILINE)
 
 
 def record_to_sample(rec: Any, path: Path, where: str, video: str, source: str) -> EvalSample | None:
@@ -66,12 +67,15 @@ def record_to_sample(rec: Any, path: Path, where: str, video: str, source: str) 
         raise AnnotationError(path, where, "conversations", "no human turn with a string 'value'")
     prompt = human["value"].replace("<image>", "").strip()
     answer = _need(rec, "answer", path, where, dict)
-    options = [m.group(2).strip() for m in _PROMPT_OPTION.finditer(prompt)]
+    options = [m.group(3).strip() for m in _PROMPT_OPTION.finditer(prompt)]
     sample = EvalSample(
         sample_id=str(rec.get("id", where)), video=video, task=task, question=prompt, source=source,
         options=options, prompt=prompt, duration=float(rec["duration"]) if isinstance(rec.get("duration"), (int, float)) else None,
         metadata={k: v for k, v in rec.items() if k not in ("conversations", "answer")},
     )
+    first = convs[0] if convs and isinstance(convs[0], dict) else {}
+    if first.get("from") == "system" and isinstance(first.get("value"), str):  # as in training (model.sequence)
+        sample.metadata["system_prompt"] = first["value"]
     if isinstance(answer.get("type"), str):  # synth question family
         sample.metadata.setdefault("question_type", answer["type"])
     if task == "grounding":
