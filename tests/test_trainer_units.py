@@ -383,3 +383,29 @@ def test_epoch_based_steps_follow_the_data(tmp_path: Path) -> None:
     captions = split["tasks"]["caption"] + split["tasks"]["image_caption"]
     assert captions < samples
     assert total_steps(run, world_size=2) == max(1, (2 * captions) // 4)
+
+
+def test_restore_schedule_follows_the_runs_step_count_after_a_checkpoint_load() -> None:
+    """A checkpoint of a 7-step run resumed with 9 steps: the loaded LambdaLR state carries the saved
+    multiplier (total 7, lr 0 from step 7 on); restore_schedule puts the 9-step cosine back."""
+    from train.optim import WarmupCosine, restore_schedule
+
+    def scheduler(total: int) -> torch.optim.lr_scheduler.LambdaLR:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=WarmupCosine(total_steps=total, warmup_steps=1))
+
+    old = scheduler(7)
+    for _ in range(7):
+        old.optimizer.step()
+        old.step()
+    new = scheduler(9)
+    new.optimizer.load_state_dict(old.optimizer.state_dict())  # as a checkpoint load restores both
+    new.load_state_dict(old.state_dict())
+    assert new.lr_lambdas[0].total_steps == 7 and new.optimizer.param_groups[0]["lr"] == 0.0  # the trap
+    wanted = WarmupCosine(total_steps=9, warmup_steps=1)
+    assert restore_schedule(new, wanted) == 7
+    assert new.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * wanted(7)) and wanted(7) > 0
+    new.optimizer.step()
+    new.step()
+    assert new.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * wanted(8))
+    assert restore_schedule(new, wanted) is None  # already this run's schedule

@@ -101,6 +101,26 @@ def build_schedule(sched: ScheduleConfig, total_steps: int) -> WarmupCosine:
                         cosine=sched.name == "cosine")
 
 
+def restore_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, schedule: WarmupCosine) -> int | None:
+    """Put this run's `schedule` back into `scheduler` after a checkpoint load, which restores the saved
+    multiplier's fields (LambdaLR saves a callable object's state) and so the saved run's total steps.
+
+    The run's step count can legitimately differ from the checkpoint's: a larger `loop.max_steps`, or a
+    resume on another world size (an epoch is then another number of steps). With the saved total the
+    cosine would reach its floor early and train the extra steps at `min_lr_ratio` (0 by default).
+    Each group's current lr is recomputed at the scheduler's step. Returns the saved total steps when it
+    differed (None when the schedule was already this run's).
+    """
+    saved = [fn for fn in scheduler.lr_lambdas if isinstance(fn, WarmupCosine) and fn != schedule]
+    if not saved:
+        return None
+    scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * schedule(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    return saved[0].total_steps
+
+
 def build_optimizer(groups: list[dict], betas: tuple[float, float], eps: float) -> torch.optim.AdamW:
     """Client AdamW (DeepSpeed wraps it for ZeRO)."""
     return torch.optim.AdamW(groups, betas=betas, eps=eps)

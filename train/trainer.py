@@ -257,7 +257,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
     from train.engine import build_engine, deepspeed_config, init_distributed, read_dist_env
     from train.logging_utils import flop_model_for, resolve_wandb_mode
     from train.lora import parameter_counts
-    from train.optim import build_optimizer, build_schedule, param_groups
+    from train.optim import build_optimizer, build_schedule, param_groups, restore_schedule
     from train.sequence_parallel import data_parallel, install, new_group
     from train.validation import build_validator
 
@@ -318,6 +318,7 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
         loader.load_state_dict(loader_state)
     else:
         seed_everything(run.seed + 1000 * dist.rank + 1)  # per-rank randomness (masking, dropout)
+    saved_total = restore_schedule(engine.lr_scheduler, schedule) if resume_path is not None else None
 
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +340,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
               f"({100 * params['trainable'] / max(1, params['total']):.3f}%)", file=sys.stderr, flush=True)
     if resume_path is not None:
         extra = {"from_world_size": reshard.saved_layout(resume_path).world_size} if other_world else {}
+        if saved_total is not None:  # the lr schedule follows this run's step count, not the checkpoint's
+            extra["schedule_steps_from"] = saved_total
         logger.event("resume", state.step, checkpoint=str(resume_path), **extra)
     if calibration is not None:
         logger.event("projector_calibrated", state.step, **calibration)
