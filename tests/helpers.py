@@ -58,6 +58,35 @@ def kill_tree(proc: subprocess.Popen[Any]) -> None:
     psutil.wait_procs(tree[1:], timeout=60)
 
 
+def kill_when(proc: subprocess.Popen[Any], marker: Path, timeout_s: float = 600.0) -> None:
+    """Wait until `marker` exists (e.g. a checkpoint's COMPLETE file), then SIGKILL `proc`'s whole tree.
+    Fails the test if the process ends first or the marker does not appear within `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert proc.poll() is None, f"run ended before {marker} appeared"
+        assert time.monotonic() < deadline, f"{marker} did not appear within {timeout_s} s"
+        time.sleep(0.02)
+    kill_tree(proc)  # the launcher and every worker (torchrun puts workers in their own sessions)
+
+
+def assert_same_loss_and_grads(modules: Sequence[Any], model: Any, batch: dict[str, Any]) -> None:
+    """Each of `modules` (TrainModules over the same `model`, called in turn on `batch`) gives the first
+    one's loss and gradients of every trainable parameter of `model` (fp32 tolerances)."""
+    import torch
+
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    results = []
+    for module in modules:
+        model.zero_grad(set_to_none=True)
+        loss = module(**batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in trained.items()}))
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, results[0][1][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def free_port() -> int:
     """A TCP port on localhost that is free right now."""
     with socket.socket() as s:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from test_model import make_batch
 from torch import nn
 
+from helpers import assert_same_loss_and_grads
 from model import VideoXL2ForCausalLM, build_preset, load_tokenizer
 from train import lora
 from train.build import build_train_module, check_run
@@ -327,15 +328,5 @@ def test_frozen_feature_cache_gives_the_adapters_the_same_loss_and_gradients(bas
         nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
     cached = TrainModule(module.model, "lm", feature_cache=FrozenFeatureCache(2**20))
     batch = make_batch(module.model.config, seed=6)
-    trained = {n: p for n, p in module.model.named_parameters() if p.requires_grad}
-    results = []
-    for m in (module, cached, cached):  # the second cached pass is all hits
-        module.model.zero_grad(set_to_none=True)
-        loss = m(**batch)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in trained.items()}))
+    assert_same_loss_and_grads((module, cached, cached), module.model, batch)  # the second cached pass: all hits
     assert cached.feature_cache.hits > 0
-    for loss, grads in results[1:]:
-        torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=1e-6)
-        for name, grad in grads.items():
-            torch.testing.assert_close(grad, results[0][1][name], rtol=1e-5, atol=1e-7, msg=name)

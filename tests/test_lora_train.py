@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from test_lora import save_base
 
-from helpers import kill_tree, last_losses, subprocess_env
+from helpers import kill_when, last_losses, subprocess_env
 from model import VideoXL2ForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,12 +58,7 @@ def test_zero3_lora_resume_is_exact_and_export_is_whole(synth: Path, tmp_path: P
     killed = subprocess.Popen(train_cmd(synth, base, cut), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     marker = cut / "finetune" / "checkpoints" / f"step-{K:08d}" / "COMPLETE"
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        assert killed.poll() is None, "run ended before its checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    kill_tree(killed)
+    kill_when(killed, marker)
     assert not (cut / "finetune" / "export").exists(), "the run finished before it was killed"
     resumed = subprocess.run(train_cmd(synth, base, cut, "checkpoint.resume=auto"), cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)

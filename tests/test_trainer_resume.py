@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import free_port, kill_tree, last_losses, subprocess_env
+from helpers import free_port, kill_when, last_losses, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 K = 3
@@ -48,12 +48,7 @@ def test_sigkill_then_resume_auto_is_exact(synth: Path, tmp_path: Path) -> None:
     killed = subprocess.Popen(torchrun_cmd(synth, cut, "checkpoint.every_steps=1"), cwd=REPO, env=subprocess_env(WANDB_MODE="disabled"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     marker = cut / "dts" / "checkpoints" / f"step-{K:08d}" / "COMPLETE"
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        assert killed.poll() is None, "run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    kill_tree(killed)  # the launcher and every worker (torchrun puts workers in their own sessions)
+    kill_when(killed, marker)
     assert not (cut / "dts" / "export").exists(), "the run finished before it was killed"
 
     resumed = subprocess.run(torchrun_cmd(synth, cut, "checkpoint.every_steps=1", "checkpoint.resume=auto"), cwd=REPO, env=subprocess_env(WANDB_MODE="disabled"),
