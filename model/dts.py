@@ -46,7 +46,9 @@ class RelativePositionTable(nn.Module):
     def __init__(self, num_units: int, max_distance: int) -> None:
         super().__init__()
         self.max_distance = max_distance
-        self.embeddings_table = nn.Parameter(torch.empty(2 * max_distance + 1, num_units))
+        # zeros, not torch.empty: a block built outside a model must hold finite values; the model's
+        # _init_weights then draws the Xavier-uniform table (and drawing nothing here keeps the RNG stream)
+        self.embeddings_table = nn.Parameter(torch.zeros(2 * max_distance + 1, num_units))
 
     def forward(self, distance: torch.Tensor) -> torch.Tensor:
         """distance: integer tensor of relative offsets -> (*distance.shape, num_units)."""
