@@ -1,4 +1,5 @@
-"""The demo's evaluation: every bench in every inference mode, and a needle sweep over length.
+"""The demo's evaluation: every bench in every inference mode, and a needle sweep over length; the
+modes run at once in spawned processes (`eval.workers`).
 
 Uses the `evaluation.runner` API per sample (so the demo can show a progress bar) and writes the same
 files as `python -m evaluation`: ``<name>.json`` (metrics + settings) and
@@ -8,7 +9,7 @@ files as `python -m evaluation`: ``<name>.json`` (metrics + settings) and
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,10 @@ def mode_overrides(ecfg: DictConfig, mode: str) -> list[str]:
 
 
 def run_bench(ckpt: Path, data: Path, bench: str, mode: str, ecfg: DictConfig, out_dir: Path,
-              extra: list[str], model: Any, tokenizer: Any, name: str | None = None) -> dict[str, Any]:
-    """Evaluate one bench in one mode; returns the metrics dict written to ``<out_dir>/<name>.json``."""
+              extra: list[str], model: Any, tokenizer: Any, name: str | None = None,
+              bar_position: int = 0) -> dict[str, Any]:
+    """Evaluate one bench in one mode; returns the metrics dict written to ``<out_dir>/<name>.json``
+    (`bar_position`: the line of its progress bar, one per process evaluating at once)."""
     name = name or f"{bench}_{mode}"
     overrides = [f"ckpt={ckpt}", f"data={data}", f"bench={bench}", f"setting={ecfg.setting}",
                  f"split={ecfg.split}", f"limit={hydra_value(ecfg.limit)}", f"work_dir={out_dir / 'videos' / name}",
@@ -51,7 +54,7 @@ def run_bench(ckpt: Path, data: Path, bench: str, mode: str, ecfg: DictConfig, o
     loaded = load_samples(cfg, Path(str(cfg.work_dir)))
     records = []
     with torch.inference_mode():
-        for s in tqdm(loaded.samples, desc=f"eval {name}", dynamic_ncols=True, leave=False):
+        for s in tqdm(loaded.samples, desc=f"eval {name}", dynamic_ncols=True, leave=False, position=bar_position):
             records.append(evaluate_sample(model, tokenizer, s, cfg, torch.device("cpu"), protocol))
     settings = asdict(cfg)
     settings.update({"world_size": 1, "device_resolved": "cpu", "sampling_base_fps": 1.0, "greedy": True,
@@ -61,19 +64,69 @@ def run_bench(ckpt: Path, data: Path, bench: str, mode: str, ecfg: DictConfig, o
                          list(cfg.length_buckets), time.perf_counter() - start, cfg.format, loaded, protocol)
 
 
-def evaluate_all(ckpt: Path, data: Path, ecfg: DictConfig, out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every bench x mode on the generated split: ``{mode: {bench: metrics}}``."""
+@dataclass(frozen=True)
+class ModeJob:
+    """Everything one inference mode is evaluated on: the main test split (`ecfg.benches`), the long
+    videos' test split (`ecfg.long_benches`, when `long_data` is set) and the needle sweep lengths
+    (`sweep_dirs`: ``{frames: shard dir}``, read at up to `sweep_frames_upbound` frames)."""
+
+    ckpt: Path
+    mode: str
+    ecfg: DictConfig
+    data: Path
+    long_data: Path | None
+    sweep_dirs: dict[int, Path]
+    sweep_frames_upbound: int
+    out_dir: Path
+    threads: int
+    bar_position: int = 0
+
+
+def evaluate_mode(job: ModeJob) -> dict[str, Any]:
+    """Run one ModeJob in this process (on `job.threads` torch threads): ``{"main": {bench: metrics},
+    "long": {bench: metrics}, "sweep": [row per length], "eval_s", "sweep_s"}`` (seconds of wall time)."""
     from model import VideoXL2ForCausalLM, load_tokenizer
 
-    model = VideoXL2ForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
-    tokenizer = load_tokenizer(str(ckpt))
-    results: dict[str, dict[str, Any]] = {}
-    for mode in ecfg.modes:
-        results[str(mode)] = {}
-        for bench in ecfg.benches:
-            results[str(mode)][str(bench)] = run_bench(ckpt, data, str(bench), str(mode), ecfg, out_dir, [],
-                                                       model, tokenizer)
-    return results
+    torch.set_num_threads(job.threads)
+    model = VideoXL2ForCausalLM.from_pretrained(str(job.ckpt), dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(str(job.ckpt))
+    eval_dir, start = job.out_dir / "eval", time.perf_counter()
+    main = {str(b): run_bench(job.ckpt, job.data, str(b), job.mode, job.ecfg, eval_dir, [], model, tokenizer,
+                              bar_position=job.bar_position) for b in job.ecfg.benches}
+    long: dict[str, Any] = {}
+    for b in job.ecfg.get("long_benches", []) if job.long_data is not None else []:
+        long[str(b)] = run_bench(job.ckpt, job.long_data, str(b), job.mode, job.ecfg, eval_dir, [], model, tokenizer,
+                                 name=f"{b}_long_{job.mode}", bar_position=job.bar_position)
+    eval_s, start = time.perf_counter() - start, time.perf_counter()
+    rows = []
+    for frames, shards in job.sweep_dirs.items():
+        extra = [f"setting.frames_upbound={job.sweep_frames_upbound}", "limit=null"]
+        m = run_bench(job.ckpt, shards, "niah", job.mode, job.ecfg, job.out_dir / "sweep", extra, model, tokenizer,
+                      name=f"niah_{frames}f_{job.mode}", bar_position=job.bar_position)["metrics"]
+        rows.append(sweep_row(frames, job.mode, m))
+    return {"main": main, "long": long, "sweep": rows, "eval_s": eval_s, "sweep_s": time.perf_counter() - start}
+
+
+def evaluate_modes(jobs: list[ModeJob], workers: int) -> list[dict[str, Any]]:
+    """evaluate_mode for every job, in `workers` spawned processes at once (1: in this process, in order);
+    results in the order of `jobs`."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [evaluate_mode(j) for j in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(evaluate_mode, jobs))
+
+
+def sweep_row(frames: int, mode: str, m: dict[str, Any]) -> dict[str, Any]:
+    """One needle-sweep record (metrics.json `sweep`) from a niah bench's metrics at `frames` frames."""
+    inf = m["inference"]
+    return {"frames": frames, "mode": mode, "accuracy": m["accuracy"], "n": m["n"],
+            "pair_density": inf.get("pair_density"), "kv_kept_ratio": inf.get("kv_ratio_pooled"),
+            "kept_kv_bytes": inf.get("kept_kv_bytes"), "full_kv_bytes": inf.get("full_kv_bytes"),
+            "prompt_tokens": inf.get("prompt_tokens"), "prefill_seconds": inf.get("prefill_seconds")}
 
 
 SWEEP_INHERITED = ("size", "fps", "quantum", "option_order", "max_objects", "object_scale", "object_speed")
@@ -96,28 +149,6 @@ def make_sweep_data(scfg: DictConfig, data: DictConfig, root: Path) -> dict[int,
                                  test_frac=n / (n + 1) - 1e-6, needle_prob=1.0, tasks=("needle",), **inherited))
         dirs[int(frames)] = out
     return dirs
-
-
-def needle_sweep(ckpt: Path, scfg: DictConfig, ecfg: DictConfig, data: DictConfig,
-                 out_dir: Path) -> list[dict[str, Any]]:
-    """Needle accuracy, pair density and KV bytes per video length, in every mode."""
-    from model import VideoXL2ForCausalLM, load_tokenizer
-
-    model = VideoXL2ForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
-    tokenizer = load_tokenizer(str(ckpt))
-    rows: list[dict[str, Any]] = []
-    longest = max(int(f) for f in scfg.frames)
-    for frames, shards in make_sweep_data(scfg, data, out_dir / "data").items():
-        for mode in ecfg.modes:
-            extra = [f"setting.frames_upbound={longest}", "limit=null"]
-            m = run_bench(ckpt, shards, "niah", str(mode), ecfg, out_dir, extra, model, tokenizer,
-                          name=f"niah_{frames}f_{mode}")["metrics"]
-            inf = m["inference"]
-            rows.append({"frames": frames, "mode": str(mode), "accuracy": m["accuracy"], "n": m["n"],
-                         "pair_density": inf.get("pair_density"), "kv_ratio": inf.get("kv_ratio_pooled"),
-                         "kept_kv_bytes": inf.get("kept_kv_bytes"), "full_kv_bytes": inf.get("full_kv_bytes"),
-                         "prompt_tokens": inf.get("prompt_tokens"), "prefill_seconds": inf.get("prefill_seconds")})
-    return rows
 
 
 def _records(data: Path, split: str, tasks: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -11,12 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from demo.report import eval_summary, gaps, goals, read_losses, render_markdown, stage_table, with_val_losses
+from demo.report import (
+    eval_summary,
+    gaps,
+    goals,
+    long_video_goals,
+    read_losses,
+    render_markdown,
+    stage_table,
+    with_val_losses,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac=0.1", "data.needle_prob=1.0",
-         "short_data.videos=6", "short_data.images=6",
+         "short_data.videos=6", "short_data.images=6", "long_data.videos=4", "long_data.test_frac=0.5",
          "stages.dts.stage.steps=2", "stages.align.stage.steps=2", "stages.sft.stage.steps=2",
          "stages.long.stage.steps=2", "common.loop.micro_batch_size=2", "common.loop.loader_workers=0",
          "common.logging.tqdm=false", "sweep.frames=[16,32]", "sweep.videos_per_length=2"]
@@ -158,20 +167,55 @@ def test_gaps_and_goals() -> None:
     assert not goals(evals, gaps(evals))["needle_accuracy"]["met"]
 
 
+def test_long_video_goals() -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"eval": {"modes": {"full": {"prefill": "full", "decode": "full"},
+                                               "sparse": {"prefill": "chunked", "decode": "bilevel"}}}})
+    summary = {m: {"n": {"mcq": 600, "grounding": 600, "niah": 520}} for m in ("full", "sparse")}
+    long_summary = {"full": {"grounding_miou": 0.3}, "sparse": {"grounding_miou": 0.55}}
+
+    def row(frames: int, mode: str, acc: float, density: float, kept: float) -> dict[str, float | int | str]:
+        return {"frames": frames, "mode": mode, "accuracy": acc, "pair_density": density, "kv_kept_ratio": kept}
+
+    sweep = [row(256, "sparse", 0.95, 0.5, 0.6), row(512, "sparse", 0.91, 0.30, 0.39), row(512, "full", 0.5, 1.0, 1.0)]
+    met = long_video_goals(cfg, summary, long_summary, sweep)
+    # only the chunked mode counts: full attention's 50% at 512 frames and 0.3 mIoU do not fail these goals
+    assert met["sweep_needle_accuracy"] == {"goal": 0.9, "worst": 0.91, "met": True}
+    assert met["pair_density_at_512_frames"]["met"] and met["kv_kept_ratio_at_512_frames"]["met"]
+    assert met["long_grounding_miou"]["worst"] == 0.55 and met["long_grounding_miou"]["met"]
+    assert met["test_samples_per_bench"] == {"goal": ">= 500", "worst": 520, "met": True}
+    sweep[1]["kv_kept_ratio"] = 0.41
+    summary["sparse"]["n"]["niah"] = 499
+    met = long_video_goals(cfg, summary, long_summary, sweep)
+    assert not met["kv_kept_ratio_at_512_frames"]["met"] and not met["test_samples_per_bench"]["met"]
+
+
 def test_markdown_renders_from_metrics(demo_out: Path) -> None:
     m = json.loads((demo_out / "metrics.json").read_text())
     text = render_markdown(m)
     assert text == (demo_out / "report.md").read_text()
-    assert text.count("\n| full |") == 1 and text.count("\n| sparse |") == 1
+    # the main test split and the long videos' test split: one row per mode each
+    assert text.count("\n| full |") == 2 and text.count("\n| sparse |") == 2
+    assert set(m["eval_long"]) == {"full", "sparse"} and "grounding_miou" in m["eval_long"]["sparse"]
+    assert "long_grounding_miou" in m["goals"] and "pair_density_at_32_frames" in m["goals"]
 
 
 def test_rerun_reuses_data_and_starts_stages_fresh(tmp_path: Path) -> None:
     """Also the in-process path (ranks=1)."""
     run_demo(tmp_path, "ranks=1")
-    assert [s["ranks"] for s in json.loads((tmp_path / "metrics.json").read_text())["stages"]] == [1] * 4
-    manifests = [tmp_path / "data" / "manifest.json", tmp_path / "data" / "short" / "manifest.json"]
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    assert [s["ranks"] for s in first["stages"]] == [1] * 4
+    manifests = [tmp_path / "data" / name / "manifest.json" for name in ("", "short", "long")]
     mtimes = [p.stat().st_mtime_ns for p in manifests]
-    run_demo(tmp_path, "ranks=1")
+    # the rerun evaluates the modes one after the other in this process (eval.workers=1) instead of at once
+    # in spawned processes: the same training gives the same scores either way
+    run_demo(tmp_path, "ranks=1", "eval.workers=1")
     assert [p.stat().st_mtime_ns for p in manifests] == mtimes
+    second = json.loads((tmp_path / "metrics.json").read_text())
+    assert [s["final_loss"] for s in second["stages"]] == [s["final_loss"] for s in first["stages"]]
+    assert second["eval"] == first["eval"] and second["eval_long"] == first["eval_long"]
+    assert [(r["frames"], r["mode"], r["accuracy"]) for r in second["sweep"]] \
+        == [(r["frames"], r["mode"], r["accuracy"]) for r in first["sweep"]]
     for stage in ("dts", "align", "sft", "long"):
         assert read_losses(tmp_path / "runs" / stage)[0] == [1, 2]
