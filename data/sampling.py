@@ -102,6 +102,17 @@ def sample_image_frames(group: int = 4) -> FrameSample:
     return FrameSample(indices=pad_frames_to_group(np.zeros(1, dtype=np.int64), group).tolist(), timestamps=None)
 
 
+def _detached(exc: DecodeError) -> DecodeError:
+    """A copy of `exc` (same class and message) without its traceback or chained causes.
+
+    A kept exception's traceback holds the frames that raised it, and through them this VideoBytes and
+    the decoder's native reader: a reference cycle that only the cyclic garbage collector frees, in
+    whatever thread happens to run it. decord is not thread-safe, and a reader freed by a loader worker's
+    queue thread while the watchdog's decode thread reads another one aborted the process; without the
+    cycle a reader is freed, by reference counting, by the thread that drops it."""
+    return type(exc)(str(exc))
+
+
 class VideoBytes:
     """An opened in-memory video: frame count, average fps, and batched frame reads.
 
@@ -141,7 +152,7 @@ class VideoBytes:
             try:
                 video = dec.open(self._data, self.where)
             except DecodeError as exc:
-                self._failures.append((dec.name, exc))
+                self._failures.append((dec.name, _detached(exc)))
                 continue
             if self._failures and hasattr(self, "num_frames") and (
                     video.num_frames != self.num_frames or abs(video.avg_fps - self.avg_fps) > 1e-3 * self.avg_fps):
@@ -168,7 +179,7 @@ class VideoBytes:
             try:
                 frames = self._video.read(unique.tolist())
             except DecodeError as exc:
-                self._failures.append((self.decoder, exc))
+                self._failures.append((self.decoder, _detached(exc)))
                 self._video = self._open_next()
                 continue
             if frames.shape[0] != unique.shape[0] or frames.ndim != 4 or frames.shape[-1] != 3:

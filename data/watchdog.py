@@ -47,9 +47,12 @@ def call_with_timeout(fn: Callable[[], T], timeout_s: float | None, where: str) 
         raise SampleFault(DECODE_TIMEOUT, f"{where}: decoding took longer than data.decode_timeout_s = "
                                           f"{timeout_s} s; abandoned ({len(_abandoned)} abandoned decodes still "
                                           "running in this process)")
+    # popped, not read: the exception's traceback holds run()'s frame and so `box`; leaving it in `box`
+    # would make a cycle that keeps the failed decode's objects (decoder readers included) alive until a
+    # cyclic collection frees them in some other thread (see data.sampling._detached)
     if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+        raise box.pop("error")  # type: ignore[misc]
+    return box.pop("value")  # type: ignore[return-value]
 
 
 def abandoned_alive() -> int:

@@ -231,6 +231,8 @@ def render_markdown(m: dict[str, Any]) -> str:
     blind = m.get("blind_baseline") or {}
     for key, g in m["goals"].items():
         lines.append(f"| {key} | {g['goal']} | {_f(g['worst'])} | {_f(blind.get(key))} | {'yes' if g['met'] else 'no'} |")
+    lines += ["", "The sweep, pair-density, KV-kept and long-grounding goals count the chunked-prefill modes only; "
+              "`test_samples_per_bench` is the fewest samples of any bench and mode."]
     if m.get("eval_long"):
         long_frames = s.get("long_data") or {}
         lines += ["", f"## Grounding on long held-out videos ({long_frames.get('min_frames')}–"
