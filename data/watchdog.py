@@ -32,24 +32,37 @@ def call_with_timeout(fn: Callable[[], T], timeout_s: float | None, where: str) 
     if timeout_s is None:
         return fn()
     box: dict[str, object] = {}
+    lock = threading.Lock()
+    abandoned = [False]
 
+    # An abandoned decode's result or error is dropped by its own thread: kept in `box`, an error's
+    # traceback (which holds run()'s frame, and so `box`) would make a reference cycle keeping the decode's
+    # objects, decoder readers included, alive until a cyclic collection frees them in some other thread
+    # (see data.sampling._detached).
     def run() -> None:
         try:
-            box["value"] = fn()
+            value = fn()
         except BaseException as exc:  # handed to the waiting caller
-            box["error"] = exc
+            with lock:
+                if not abandoned[0]:
+                    box["error"] = exc
+            return
+        with lock:
+            if not abandoned[0]:
+                box["value"] = value
 
     thread = threading.Thread(target=run, name=f"decode {where}", daemon=True)
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
+        with lock:
+            abandoned[0] = True
+            box.clear()
         _abandoned[:] = [t for t in _abandoned if t.is_alive()] + [thread]
         raise SampleFault(DECODE_TIMEOUT, f"{where}: decoding took longer than data.decode_timeout_s = "
                                           f"{timeout_s} s; abandoned ({len(_abandoned)} abandoned decodes still "
                                           "running in this process)")
-    # popped, not read: the exception's traceback holds run()'s frame and so `box`; leaving it in `box`
-    # would make a cycle that keeps the failed decode's objects (decoder readers included) alive until a
-    # cyclic collection frees them in some other thread (see data.sampling._detached)
+    # popped, not read, for the same reason
     if "error" in box:
         raise box.pop("error")  # type: ignore[misc]
     return box.pop("value")  # type: ignore[return-value]

@@ -5,6 +5,8 @@ by reference counting in the thread that drops them, never later by a cyclic col
 from __future__ import annotations
 
 import gc
+import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import pytest
 from data.decoders import DecodeError
 from data.faults import SampleFault
 from data.sampling import VideoBytes
-from data.watchdog import call_with_timeout
+from data.watchdog import abandoned_alive, call_with_timeout
 
 
 class Reader:
@@ -83,3 +85,22 @@ def test_an_error_returned_by_the_watchdog_leaves_nothing_alive(no_cyclic_gc: No
     with pytest.raises(DecodeError, match="cannot decode"):
         call_with_timeout(decode, 10.0, "clip.mp4")
     assert refs[0]() is None
+
+
+def test_an_abandoned_decode_that_fails_later_leaves_nothing_alive(no_cyclic_gc: None) -> None:
+    refs: list[weakref.ref] = []
+    release = threading.Event()
+
+    def decode() -> None:
+        release.wait(30.0)
+        reader = Reader()
+        refs.append(weakref.ref(reader))
+        raise DecodeError("cannot decode")
+
+    with pytest.raises(SampleFault, match="decode_timeout_s"):
+        call_with_timeout(decode, 0.05, "clip.mp4")
+    release.set()
+    deadline = time.monotonic() + 30.0
+    while abandoned_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert abandoned_alive() == 0 and len(refs) == 1 and refs[0]() is None
