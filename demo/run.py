@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     print("\n== evaluation (test splits) and needle sweep over video length", flush=True)
     sweep_dirs = make_sweep_data(cfg.sweep, cfg.data, out / "sweep" / "data")
-    long_data = out / "data" / "long" if cfg.get("long_data") else None
+    long_data = out / "data" / "long" if cfg.get("long_data") and cfg.eval.get("long_benches") else None
     threads = max(1, torch.get_num_threads() // max(1, int(cfg.eval.workers)))
     jobs = [ModeJob(export, str(mode), cfg.eval, out / "data", long_data, sweep_dirs,
                     max(int(f) for f in cfg.sweep.frames), out, threads, bar_position=i)
