@@ -3,11 +3,13 @@
     python -m demo [key=value ...]     # overrides of demo/demo.yaml (OmegaConf dotted keys)
 
 Steps: data.synth into ``<out>/data`` (and, when ``short_data`` is set, a short-video set into
-``<out>/data/short`` for the stages that name it, and with ``long_data`` a long-video set into ``<out>/data/long``); dts -> align -> sft -> long on the tiny preset, each from the
+``<out>/data/short`` for the stages that name it; when ``long_data`` and ``eval.long_benches`` are set, a
+long-video set into ``<out>/data/long``); dts -> align -> sft -> long on the tiny preset, each from the
 previous stage's export (train.pipeline.run_pipeline, in ``ranks`` processes: demo/stages.py);
 every bench on the held-out test split with full attention and with chunked prefill
-+ bi-level decoding (and `eval.long_benches` on the long set's test split); a needle sweep over longer generated videos; ``<out>/report.md``,
-``<out>/metrics.json`` and PNG plots (demo/report.py, demo/plots.py); a summary table on stdout.
++ bi-level decoding (and ``eval.long_benches`` on the long set's test split); a needle sweep over longer
+generated videos; ``<out>/report.md``, ``<out>/metrics.json`` and PNG plots (demo/report.py,
+demo/plots.py); a summary table on stdout.
 """
 
 from __future__ import annotations
@@ -97,8 +99,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         manifest = generate_data(cfg.data, out / "data")
         if cfg.get("short_data"):  # short videos for the stages before `long`: `data` with these fields replaced
             generate_data(OmegaConf.merge(cfg.data, cfg.short_data), out / "data" / "short")
-        if cfg.get("long_data"):  # long videos: a share of the long stage, and the long grounding test split
-            generate_data(OmegaConf.merge(cfg.data, cfg.long_data), out / "data" / "long")
+        # long videos, only read by the evaluation of eval.long_benches
+        long_data = out / "data" / "long" if cfg.get("long_data") and cfg.eval.get("long_benches") else None
+        if long_data is not None:
+            generate_data(OmegaConf.merge(cfg.data, cfg.long_data), long_data)
         walls["data"] = time.perf_counter() - t0
         t = time.perf_counter()
         comm_ops.result()  # re-raises a failed build
@@ -110,10 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     print("\n== evaluation (test splits) and needle sweep over video length", flush=True)
     sweep_dirs = make_sweep_data(cfg.sweep, cfg.data, out / "sweep" / "data")
-    long_data = out / "data" / "long" if cfg.get("long_data") and cfg.eval.get("long_benches") else None
     threads = max(1, torch.get_num_threads() // max(1, int(cfg.eval.workers)))
-    jobs = [ModeJob(export, str(mode), cfg.eval, out / "data", long_data, sweep_dirs,
-                    max(int(f) for f in cfg.sweep.frames), out, threads, bar_position=i)
+    jobs = [ModeJob(export, str(mode), cfg.eval, out / "data", long_data, sweep_dirs, out, threads, bar_position=i)
             for i, mode in enumerate(cfg.eval.modes)]
     done = evaluate_modes(jobs, int(cfg.eval.workers))
     evals = {j.mode: r["main"] for j, r in zip(jobs, done, strict=True)}
