@@ -99,6 +99,11 @@ BAD = [
     (["stage=long", "+stage.chunked_attention.bilevel_fraction=2"], "stage.chunked_attention.bilevel_fraction"),
     (["stage=long", "+stage.chunked_attention.top_k=-1"], "stage.chunked_attention.top_k"),
     (["stage=long", "+stage.chunked_attention.kv_pool=0"], "stage.chunked_attention.kv_pool"),
+    (["stage=long", "+stage.position_skip.fraction=-0.1"], "stage.position_skip.fraction"),
+    (["stage=long", "+stage.position_skip={fraction: 0.5, max_position: 0}"], "stage.position_skip.max_position"),
+    (["stage=dts", "+stage.position_skip.fraction=0.5"], "stage.position_skip.fraction"),
+    (["stage=long", "+stage.position_skip.fraction=0.5", "loop.packing={max_tokens: 512}"],
+     "stage.position_skip.fraction"),
 ]
 
 

@@ -227,7 +227,8 @@ def build_train_module(run: RunConfig, model_cfg: Any) -> StageParts:
     chunked = run.stage.chunked_attention
     module = TrainModule(model, run.stage.loss, run.stage.masking, feature_cache=cache,
                          chunked_attention=chunked if chunked.fraction else None,
-                         packing=run.loop.packing is not None)
+                         packing=run.loop.packing is not None,
+                         position_skip=run.stage.position_skip if run.stage.position_skip.fraction else None)
     set_trainable(module.trainable_modules(), run.stage.trainable)
     if lora_cfg is not None:
         from train.lora import freeze_base

@@ -92,6 +92,17 @@ class ChunkedAttentionConfig:
 
 
 @dataclass
+class PositionSkipConfig:
+    """Train a `fraction` of the samples (drawn per sample and step) with rotary positions that jump once, at
+    a random token, by a random amount that keeps every position below `max_position` (train/position_skip.py,
+    Zhu et al., 2023, "PoSE"): short samples then train the relative distances of prompts up to
+    `max_position` tokens. 0 (default): positions 0 .. L-1."""
+
+    fraction: float = 0.0
+    max_position: int = 4096
+
+
+@dataclass
 class LoraConfig:
     """LoRA adapters (built with peft, train/lora.py) on the `target_modules` linear layers inside the
     model parts listed in `modules`. The base weights of those parts are frozen; the adapters train at
@@ -125,6 +136,7 @@ class StageConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     calibrate_projector: ProjectorCalibrationConfig = field(default_factory=ProjectorCalibrationConfig)
     chunked_attention: ChunkedAttentionConfig = field(default_factory=ChunkedAttentionConfig)
+    position_skip: PositionSkipConfig = field(default_factory=PositionSkipConfig)
     lora: LoraConfig | None = None  # null: the `trainable` modules train fully
 
 
@@ -411,6 +423,16 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
             raise ConfigError(f"stage.chunked_attention.{name}", f"must be >= {low}, got {getattr(chunked, name)}")
     if chunked.fraction and st.loss != "lm":
         raise ConfigError("stage.chunked_attention.fraction", f"applies to the lm loss, not {st.loss!r}")
+    skip = st.position_skip
+    if not 0.0 <= skip.fraction <= 1.0:
+        raise ConfigError("stage.position_skip.fraction", f"must be in [0, 1], got {skip.fraction}")
+    if skip.max_position < 1:
+        raise ConfigError("stage.position_skip.max_position", f"must be >= 1, got {skip.max_position}")
+    if skip.fraction and st.loss != "lm":
+        raise ConfigError("stage.position_skip.fraction", f"applies to the lm loss, not {st.loss!r}")
+    if skip.fraction and run.loop.packing is not None:
+        raise ConfigError("stage.position_skip.fraction", "not with loop.packing (a packed row's positions restart "
+                          "at every sample)")
     if st.lora is not None:
         validate_lora(st.lora, st.trainable)
     ds = run.deepspeed

@@ -22,8 +22,9 @@ from model.sequence import IGNORE_INDEX
 from model.visibility import bilevel_visibility, causal_visibility, chunked_visibility
 from model.vision import resample_grid, siglip_features
 from train import sequence_parallel
-from train.config import ChunkedAttentionConfig, MaskingConfig
+from train.config import ChunkedAttentionConfig, MaskingConfig, PositionSkipConfig
 from train.feature_cache import FrozenFeatureCache
+from train.position_skip import skipped_positions
 
 
 class DTSDecoder(nn.Module):
@@ -98,13 +99,15 @@ class TrainModule(nn.Module):
 
     def __init__(self, model: nn.Module, loss: str, masking: MaskingConfig | None = None,
                  feature_cache: FrozenFeatureCache | None = None,
-                 chunked_attention: ChunkedAttentionConfig | None = None, packing: bool = False) -> None:
+                 chunked_attention: ChunkedAttentionConfig | None = None, packing: bool = False,
+                 position_skip: PositionSkipConfig | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_name = loss
         self.masking = masking
         self.feature_cache = feature_cache
         self.chunked_attention = chunked_attention
+        self.position_skip = position_skip
         self.sequence_parallel: Any = None  # a train.sequence_parallel.SequenceGroup once the LLM is sharded
         if chunked_attention is not None and chunked_attention.bilevel_fraction > 0:
             model.llm.set_attn_implementation(POOLED_SDPA)  # SDPA that also reads the pooled entries
@@ -131,15 +134,21 @@ class TrainModule(nn.Module):
                 group_index: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """The stage's loss of one micro-batch. Packed rows (data/packing.py) come with `segment_ids` and
-        `position_ids` [B, L] and attend within each sample only (`packed_visibility`). `reduction="sum"`:
-        the lm loss summed over supervised tokens (the DTS loss is always its micro-batch mean)."""
+        `position_ids` [B, L] and attend within each sample only (`packed_visibility`). In training, with
+        `position_skip`, a drawn share of the unpacked rows get rotary positions that jump once
+        (train/position_skip.py). `reduction="sum"`: the lm loss summed over supervised tokens (the DTS loss
+        is always its micro-batch mean)."""
         if self.loss_name == "lm":
             if segment_ids is not None:
                 if position_ids is None:
                     raise ValueError("segment_ids: packed rows need position_ids restarting per sample")
                 attention_mask, pooling = self.packed_visibility(segment_ids, token_kind, group_index)
             else:
+                padding = attention_mask
                 attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
+                skip = self.position_skip
+                if skip is not None and skip.fraction > 0 and self.training and position_ids is None:
+                    position_ids = skipped_positions(padding, skip.fraction, skip.max_position)
             lm_loss: Any = self.model.lm_loss
             extra: dict[str, Any] = {"reduction": reduction, "position_ids": position_ids}
             if self.sequence_parallel is not None:  # pooling (bi-level) is refused with it (config)
