@@ -70,7 +70,7 @@ class Scene:
     """Everything needed to render a video (or a still when ``duration`` is 0)."""
 
     size: int
-    fps: int
+    fps: float  # 1 / an integer below 1 fps: frames fall on whole seconds
     duration: int  # seconds; frames = duration * fps
     background: tuple[int, int, int]
     objects: tuple[SceneObject, ...] = field(default_factory=tuple)
@@ -78,7 +78,7 @@ class Scene:
 
     @property
     def num_frames(self) -> int:
-        return self.duration * self.fps
+        return int(round(self.duration * self.fps))
 
     def frame_time(self, index: int) -> float:
         """Presentation time of frame ``index`` in seconds."""
@@ -135,13 +135,14 @@ def render_video(scene: Scene) -> np.ndarray:
     return np.stack([render_frame(scene, scene.frame_time(i)) for i in range(scene.num_frames)])
 
 
-def sample_scene(rng: np.random.Generator, size: int, fps: int, duration: int, quantum: int = 4,
+def sample_scene(rng: np.random.Generator, size: int, fps: float, duration: int, quantum: int = 4,
                  max_objects: int = 2, needle_prob: float = 0.0, object_scale: float = 0.2,
                  object_speed: float = 1.0 / 16.0) -> Scene:
     """Random scene: 1..max_objects objects of distinct colours and shapes on non-overlapping
     ``quantum``-aligned second intervals (a gap of at least one quantum between them), and with
     probability ``needle_prob`` (when the video spans at least two quanta) a needle second where no
-    object is visible. Objects have a half side of ``object_scale * size`` pixels (at least 3) and move
+    object is visible (below 1 fps, a second that holds a frame). Objects have a half side of
+    ``object_scale * size`` pixels (at least 3) and move
     at about ``object_speed * size`` pixels per second (0: they stand still).
     """
     if not 0.0 < object_scale < 0.5:
@@ -172,7 +173,8 @@ def sample_scene(rng: np.random.Generator, size: int, fps: int, duration: int, q
             vy=float(rng.choice([-1, 1]) * speed * rng.uniform(0.0, 1.0)), radius=radius))
     needle = None
     if want_needle:
-        free = [s for s in range(duration) if not any(o.appear <= s < o.leave for o in objects)]
+        step = max(1, round(1 / fps))  # the seconds that hold a frame
+        free = [s for s in range(0, duration, step) if not any(o.appear <= s < o.leave for o in objects)]
         needle = Needle(colour=str(rng.choice(list(NEEDLE_COLOURS))), second=int(rng.choice(free)))
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     return Scene(size=size, fps=fps, duration=duration, background=background, objects=tuple(objects),

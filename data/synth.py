@@ -10,6 +10,11 @@ mp4 bytes; every still yields one ``image_caption`` sample with a png. Each vide
 from its own seed (``seed``, split, index), so splits never share content, and output is identical
 for identical arguments. Event times are whole seconds aligned to ``quantum`` seconds (default 4 = one
 4-frame group at 1 fps).
+
+``frame_seconds`` (``--frame-seconds 4 10``) makes time-lapse videos: each video draws k from the list and
+shows one frame every k seconds (1/k fps), so the same 16..48 frames span k times as many seconds, with
+event times on a grid of ``quantum * k`` seconds (still whole groups) and timestamps in the hundreds of
+seconds. The draw has its own seed, so a set without it is unchanged.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class SynthConfig:
     needle_prob: float = 0.3
     tasks: tuple[str, ...] = VIDEO_TASKS
     option_order: str = "shuffled"  # shuffled | canonical (options always listed in one fixed order)
+    frame_seconds: tuple[int, ...] = ()  # time-lapse: each video shows a frame every k seconds, k drawn from these
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -81,6 +87,8 @@ class SynthConfig:
             ("needle_prob", 0.0 <= self.needle_prob <= 1.0),
             ("tasks", bool(self.tasks) and set(self.tasks) <= set(VIDEO_TASKS + EXTRA_TASKS)),
             ("option_order", self.option_order in OPTION_ORDERS),
+            ("frame_seconds", all(int(k) >= 1 for k in self.frame_seconds) and (not self.frame_seconds
+                                                                                or self.fps == 1)),
         ]
         for name, ok in checks:
             if not ok:
@@ -126,10 +134,15 @@ def _write_split(cfg: SynthConfig, split: str, n_videos: int, n_images: int) -> 
         for i in range(n_videos):
             rng = _rng(cfg.seed, split_code, 0, i)
             duration = durations[int(rng.integers(len(durations)))]
-            scene = sample_scene(rng, cfg.size, cfg.fps, duration, cfg.quantum, cfg.max_objects, cfg.needle_prob,
+            fps: float = cfg.fps
+            quantum = cfg.quantum
+            if cfg.frame_seconds:  # a time-lapse video: the same frames over k times the seconds
+                k = int(cfg.frame_seconds[int(_rng(cfg.seed, split_code, 4, i).integers(len(cfg.frame_seconds)))])
+                fps, duration, quantum = 1.0 / k, duration * k, quantum * k
+            scene = sample_scene(rng, cfg.size, fps, duration, quantum, cfg.max_objects, cfg.needle_prob,
                                  cfg.object_scale, cfg.object_speed)
             needles += scene.needle is not None
-            mp4 = encode_mp4(render_video(scene), cfg.fps)
+            mp4 = encode_mp4(render_video(scene), scene.fps)
             vid = f"{split}_v{i:06d}"
             for t, task in enumerate(cfg.tasks):
                 if task == "needle" and scene.needle is None:
@@ -193,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--object-scale", type=float, default=0.2, help="object half side / frame side")
     p.add_argument("--object-speed", type=float, default=1.0 / 16.0, help="frame sides per second (0: still)")
     p.add_argument("--needle-prob", type=float, default=0.3)
+    p.add_argument("--frame-seconds", type=int, nargs="*", default=[],
+                   help="time-lapse: each video shows one frame every k seconds, k drawn from these")
     p.add_argument("--option-order", default="shuffled", choices=OPTION_ORDERS,
                    help="canonical: multiple-choice options always in one fixed order")
     p.add_argument("--tasks", default=",".join(VIDEO_TASKS),
@@ -203,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       test_frac=a.test_frac, shard_size=a.shard_size, quantum=a.quantum,
                       max_objects=a.max_objects, object_scale=a.object_scale,
                       object_speed=a.object_speed, needle_prob=a.needle_prob, option_order=a.option_order,
+                      frame_seconds=tuple(a.frame_seconds),
                       tasks=tuple(t for t in a.tasks.split(",") if t))
     manifest = generate(cfg)
     for split, info in manifest["splits"].items():

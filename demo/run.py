@@ -60,8 +60,9 @@ def generate_data(settings: DictConfig, out: Path) -> dict[str, Any]:
 
     args = OmegaConf.to_container(settings, resolve=True)
     assert isinstance(args, dict)
-    if "tasks" in args:
-        args["tasks"] = tuple(args["tasks"])
+    for key in ("tasks", "frame_seconds"):
+        if key in args:
+            args[key] = tuple(args[key])
     synth = SynthConfig(out=str(out), **args)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():

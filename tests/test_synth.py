@@ -7,6 +7,7 @@ import json
 import re
 import tarfile
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import decord
@@ -233,6 +234,48 @@ def test_two_fps_needle_covers_its_second(tmp_path: Path) -> None:
         assert sorted(i for i, _ in needles) == [2 * second, 2 * second + 1]
 
 
+def test_time_lapse_videos(tmp_path: Path) -> None:
+    """frame_seconds: a frame every k seconds (k drawn per video), events on a grid of 4k seconds, the needle
+    on one frame; sampled timestamps count k seconds per frame."""
+    from data.sampling import sample_video_frames
+
+    cfg = SynthConfig(out=str(tmp_path), videos=8, seed=5, images=0, min_frames=16, max_frames=24,
+                      needle_prob=1.0, val_frac=0.0, test_frac=0.0, tasks=("grounding", "needle"), max_objects=1,
+                      object_scale=0.3, object_speed=0.0, frame_seconds=(4, 10))
+    generate(cfg)
+    seen_k = set()
+    for sample in _read_split(tmp_path, "train").values():
+        rec = json.loads(sample["json"])
+        frames, fps = _frames(sample["mp4"])
+        k = round(1 / fps)
+        seen_k.add(k)
+        assert k in (4, 10) and rec["fps"] == pytest.approx(1 / k)
+        assert 16 <= len(frames) <= 24 and rec["duration"] == len(frames) * k
+        (obj,) = rec["scene"]["objects"]
+        assert obj["appear"] % (4 * k) == 0 and obj["leave"] % (4 * k) == 0
+        objects, needles = _observe(frames, 1.0)  # per frame index
+        shown = sorted(objects[obj["colour"]]["seconds"])
+        assert [i * k for i in shown] == list(range(obj["appear"], obj["leave"], k))
+        assert [i * k for i, _ in needles] == [rec["scene"]["needle"]["second"]]
+        if rec["task"] == "grounding":
+            assert rec["answer"]["span"] == [obj["appear"], obj["leave"]]
+        sampled = sample_video_frames(len(frames), fps, frames_upbound=64, fps_upbound=4.0)
+        assert sampled.timestamps[:len(frames)] == [float(i * k) for i in range(len(frames))]
+    assert seen_k == {4, 10}
+
+
+def test_a_time_lapse_of_one_second_is_the_plain_set(dataset: tuple[Path, SynthConfig, dict], tmp_path: Path) -> None:
+    """The per-video draw of k has its own seed: frame_seconds=(1,) writes the same videos and answers."""
+    out, cfg, _ = dataset
+    generate(SynthConfig(**{**asdict(cfg), "out": str(tmp_path), "frame_seconds": (1,)}))
+    for split in SPLITS:
+        plain, lapse = _read_split(out, split), _read_split(tmp_path, split)
+        assert plain.keys() == lapse.keys()
+        for key, sample in plain.items():
+            assert json.loads(sample["json"]) == json.loads(lapse[key]["json"])
+            assert sample.get("mp4") == lapse[key].get("mp4")
+
+
 @pytest.mark.parametrize(("scale", "speed"), [(0.2, 1.0 / 16.0), (0.3, 0.0), (0.35, 0.1)])
 def test_object_size_and_speed_knobs(scale: float, speed: float) -> None:
     """Rendered objects are 2r+1 pixels across with r = round(scale * size); speed 0 means they stand still."""
@@ -271,7 +314,8 @@ def test_sequences_build_for_every_sample(dataset: tuple[Path, SynthConfig, dict
      ({"val_frac": 0.6, "test_frac": 0.5}, "val_frac"), ({"tasks": ("dance",)}, "tasks"),
      ({"min_frames": 5, "max_frames": 7}, "min_frames"), ({"needle_prob": 2.0}, "needle_prob"),
      ({"object_scale": 0.5}, "object_scale"), ({"object_scale": 0.0}, "object_scale"),
-     ({"object_speed": -0.1}, "object_speed")],
+     ({"object_speed": -0.1}, "object_speed"), ({"frame_seconds": (0,)}, "frame_seconds"),
+     ({"fps": 2, "frame_seconds": (4,)}, "frame_seconds")],
 )
 def test_bad_config_names_the_field(tmp_path: Path, kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
