@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         manifest = generate_data(cfg.data, out / "data")
         if cfg.get("short_data"):  # short videos for the stages before `long`: `data` with these fields replaced
             generate_data(OmegaConf.merge(cfg.data, cfg.short_data), out / "data" / "short")
+        for name, fields in (cfg.get("train_data") or {}).items():  # more training sets, named by the stages' shards
+            generate_data(OmegaConf.merge(cfg.data, fields), out / "data" / str(name))
         # long videos, only read by the evaluation of eval.long_benches
         long_data = out / "data" / "long" if cfg.get("long_data") and cfg.eval.get("long_benches") else None
         if long_data is not None:
