@@ -14,19 +14,18 @@ demo/plots.py); a summary table on stdout.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from demo.datasets import data_sets, generate_all
 from demo.evaluate import ModeJob, blind_baseline, evaluate_modes, make_sweep_data
 from demo.stages import train_in_ranks
 from train.engine import build_comm_ops
@@ -54,26 +53,6 @@ def load_config(argv: list[str]) -> DictConfig:
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
 
 
-def generate_data(settings: DictConfig, out: Path) -> dict[str, Any]:
-    """Generate one dataset (SynthConfig fields in `settings`) into `out`; reused when its manifest matches."""
-    from data.synth import SynthConfig, generate
-
-    args = OmegaConf.to_container(settings, resolve=True)
-    assert isinstance(args, dict)
-    for key in ("tasks", "frame_seconds"):
-        if key in args:
-            args[key] = tuple(args[key])
-    synth = SynthConfig(out=str(out), **args)
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(synth).items() if k != "out"}
-        if manifest.get("config") == wanted:
-            return manifest
-        shutil.rmtree(out)
-    return generate(synth)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the whole demo; returns the metrics written to metrics.json (``{}`` for ``--help``). A bad
     override exits with status 2 and one line on stderr."""
@@ -95,17 +74,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls: dict[str, float] = {}
     t0 = time.perf_counter()
     print(f"== data -> {out / 'data'}", flush=True)
+    sets = data_sets(cfg, out)
+    long_data = out / "data" / "long" if any(d == out / "data" / "long" for _, d in sets) else None
     with ThreadPoolExecutor(max_workers=1) as pool:
-        comm_ops = pool.submit(build_comm_ops)  # DeepSpeed's JIT op compiles on the other core meanwhile
-        manifest = generate_data(cfg.data, out / "data")
-        if cfg.get("short_data"):  # short videos for the stages before `long`: `data` with these fields replaced
-            generate_data(OmegaConf.merge(cfg.data, cfg.short_data), out / "data" / "short")
-        for name, fields in (cfg.get("train_data") or {}).items():  # more training sets, named by the stages' shards
-            generate_data(OmegaConf.merge(cfg.data, fields), out / "data" / str(name))
-        # long videos, only read by the evaluation of eval.long_benches
-        long_data = out / "data" / "long" if cfg.get("long_data") and cfg.eval.get("long_benches") else None
-        if long_data is not None:
-            generate_data(OmegaConf.merge(cfg.data, cfg.long_data), long_data)
+        comm_ops = pool.submit(build_comm_ops)  # DeepSpeed's JIT op compiles meanwhile
+        manifest = generate_all(sets, int(cfg.get("data_workers", 1)))[0]
         walls["data"] = time.perf_counter() - t0
         t = time.perf_counter()
         comm_ops.result()  # re-raises a failed build
