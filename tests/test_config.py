@@ -104,6 +104,8 @@ BAD = [
     (["stage=dts", "+stage.position_skip.fraction=0.5"], "stage.position_skip.fraction"),
     (["stage=long", "+stage.position_skip.fraction=0.5", "loop.packing={max_tokens: 512}"],
      "stage.position_skip.fraction"),
+    (["stage=long", "+stage.position_skip.fraction=0.5", "loop.sequence_parallel=2"],
+     "stage.position_skip.fraction"),
 ]
 
 

@@ -433,6 +433,9 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
     if skip.fraction and run.loop.packing is not None:
         raise ConfigError("stage.position_skip.fraction", "not with loop.packing (a packed row's positions restart "
                           "at every sample)")
+    if skip.fraction and run.loop.sequence_parallel > 1:
+        raise ConfigError("stage.position_skip.fraction", "not with loop.sequence_parallel > 1 (each rank draws its "
+                          "own positions, and the ranks sharing a sequence must agree on them)")
     if st.lora is not None:
         validate_lora(st.lora, st.trainable)
     ds = run.deepspeed
