@@ -2,9 +2,10 @@
 
     python -m demo [key=value ...]     # overrides of demo/demo.yaml (OmegaConf dotted keys)
 
-Steps: data.synth into ``<out>/data`` (and, when ``short_data`` is set, a short-video set into
-``<out>/data/short`` for the stages that name it; when ``long_data`` and ``eval.long_benches`` are set, a
-long-video set into ``<out>/data/long``); dts -> align -> sft -> long on the tiny preset, each from the
+Steps: data.synth into ``<out>/data`` (and, when set, ``short_data`` into ``<out>/data/short`` and each
+``train_data`` entry into ``<out>/data/<name>`` for the stages that name them; when ``long_data`` and
+``eval.long_benches`` are set, a long-video set into ``<out>/data/long``; ``data_workers`` sets at a time,
+demo/datasets.py); dts -> align -> sft -> long on the tiny preset, each from the
 previous stage's export (train.pipeline.run_pipeline, in ``ranks`` processes: demo/stages.py);
 every bench on the held-out test split with full attention and with chunked prefill
 + bi-level decoding (and ``eval.long_benches`` on the long set's test split); a needle sweep over longer
