@@ -149,6 +149,7 @@ def test_two_rank_loss_and_grads_equal_single_process(tmp_path: Path) -> None:
     ["stage=sft", "loop.sequence_parallel=0"],
     ["stage=dts", "loop.sequence_parallel=2"],  # no LLM in the DTS reconstruction loss
     ["stage=long", "loop.sequence_parallel=2", "+stage.chunked_attention={fraction: 0.5, bilevel_fraction: 0.5}"],
+    ["stage=long", "loop.sequence_parallel=2", "+stage.chunked_attention.fraction=0.5"],  # ranks would disagree
     ["stage=sft", "loop.sequence_parallel=3"],  # the tiny LLM has 4 heads
 ])
 def test_bad_sequence_parallel_config_is_one_line(overrides: list[str]) -> None:

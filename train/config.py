@@ -485,6 +485,10 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
     if lp.sequence_parallel > 1 and st.chunked_attention.bilevel_fraction > 0:
         raise ConfigError("loop.sequence_parallel", "not with stage.chunked_attention.bilevel_fraction > 0 (the "
                           "pooled entries of bi-level training have no sequence-parallel attention)")
+    if lp.sequence_parallel > 1 and 0 < st.chunked_attention.fraction < 1:
+        raise ConfigError("loop.sequence_parallel", "not with 0 < stage.chunked_attention.fraction < 1 (each rank "
+                          "draws which samples see chunked visibility, and the ranks sharing a sequence must agree); "
+                          "use fraction 0 or 1")
     ck = run.checkpoint
     if ck.every_steps < 1:
         raise ConfigError("checkpoint.every_steps", "must be >= 1")
