@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,11 +37,18 @@ def test_the_sets_of_a_run() -> None:
     assert [d.name for _, d in no_long] == ["data", "short", "lapse"]
 
 
+def _generate_in_fresh_process(sets: list, workers: int) -> list:
+    """generate_all in a spawned interpreter: the comparison below must not depend on what earlier tests left
+    in this process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(generate_all, sets, workers).result()
+
+
 def test_parallel_generation_writes_what_one_process_writes(tmp_path: Path) -> None:
     sets_one = data_sets(config(), tmp_path / "one")
     sets_two = data_sets(config(), tmp_path / "two")
-    manifests = generate_all(sets_one, 1)
-    assert generate_all(sets_two, 2) == manifests
+    manifests = _generate_in_fresh_process(sets_one, 1)
+    assert _generate_in_fresh_process(sets_two, 2) == manifests
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert len(one) > 8 and one == two
 
