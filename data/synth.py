@@ -97,6 +97,11 @@ class SynthConfig:
             raise ValueError(f"min_frames/max_frames: no duration that is a multiple of quantum={self.quantum} s "
                              f"gives {self.min_frames}..{self.max_frames} frames at {self.fps} fps")
 
+    def settings(self) -> dict[str, Any]:
+        """The fields other than ``out``, json-ready (tuples as lists): what ``manifest.json`` records as
+        ``config``, and what a reader compares to decide whether a set on disk was made with these settings."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "out"}
+
     def durations(self) -> list[int]:
         """Allowed video durations in seconds."""
         return [d for d in range(self.quantum, self.max_frames // self.fps + 1, self.quantum)
@@ -178,9 +183,7 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
         raise ValueError(f"out: {out} already holds shards ({', '.join(sorted(stale)[:3])}, ...); use an empty directory")
     videos = split_counts(cfg.videos, cfg.val_frac, cfg.test_frac)
     images = split_counts(cfg.videos // 2 if cfg.images is None else cfg.images, cfg.val_frac, cfg.test_frac)
-    manifest: dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v)
-                                           for k, v in asdict(cfg).items() if k != "out"},
-                                "splits": {}}
+    manifest: dict[str, Any] = {"config": cfg.settings(), "splits": {}}
     for split in SPLITS:
         manifest["splits"][split] = _write_split(cfg, split, videos[split], images[split])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

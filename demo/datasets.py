@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,13 @@ def _reusable(synth: SynthConfig) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
-    wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(synth).items() if k != "out"}
-    return manifest if manifest.get("config") == wanted else None
+    return manifest if manifest.get("config") == synth.settings() else None
 
 
-def generate_data(fields: dict[str, Any] | DictConfig, out: Path) -> dict[str, Any]:
+def generate_data(fields: dict[str, Any], out: Path) -> dict[str, Any]:
     """Generate one set (SynthConfig fields) into `out` unless its manifest shows the same settings (then it
     is reused); returns the manifest. A stale set's own files (its shards and manifest) are removed first;
     the sets in sub-directories are left to their own manifests. Raises ValueError naming a bad field."""
-    if isinstance(fields, DictConfig):
-        container = OmegaConf.to_container(fields, resolve=True)
-        assert isinstance(container, dict)
-        fields = {str(k): v for k, v in container.items()}
     synth = _synth_config(fields, out)
     manifest = _reusable(synth)
     if manifest is not None:

@@ -147,7 +147,7 @@ class TrainModule(nn.Module):
                 padding = attention_mask
                 attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
                 skip = self.position_skip
-                if skip is not None and skip.fraction > 0 and self.training and position_ids is None:
+                if skip is not None and self.training and position_ids is None:
                     position_ids = skipped_positions(padding, skip.fraction, skip.max_position)
             lm_loss: Any = self.model.lm_loss
             extra: dict[str, Any] = {"reduction": reduction, "position_ids": position_ids}
