@@ -6,6 +6,7 @@ or an evaluation `ckpt` (one line, exit 2) stop before any compute."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from assemble_parts import save_qwen2, save_siglip
 from helpers import REPO, subprocess_env
 from model.checks import check_videoxl2_dir
 from model.weights import weight_files
-from train.build import check_run
+from train.build import check_run, model_group_differences
 from train.config import ConfigError
 from train.pipeline import compose_stage
 
@@ -94,3 +95,9 @@ def test_stages_start_from_assembled_and_bad_dirs_fail_before_compute(synth: Pat
     assert any(not torch.equal(export[k], source[k].to(export[k].dtype)) for k in source if k.startswith("dts."))
     assert (root / "dts" / "export" / "tokenizer.json").read_bytes() == (asm / "tokenizer.json").read_bytes()
     check_videoxl2_dir(root / "dts" / "export", tokenizer=True)  # what the next stage's init_from goes through
+    # the `model` group (tiny: a 1,024-token vocabulary) is not what trained: the run says so, field by field
+    differs = model_group_differences(first, model_cfg)
+    assert any(d.startswith("text_config.vocab_size: 1024 (model group), 152064 (init_from)") for d in differs)
+    records = [json.loads(line) for line in (root / "dts" / "metrics.jsonl").read_text().splitlines()]
+    events = [r for r in records if r.get("event") == "model_group_not_used"]
+    assert len(events) == 1 and events[0]["differs"] == differs and events[0]["init_from"] == str(asm)

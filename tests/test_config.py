@@ -170,6 +170,24 @@ def test_missing_paths_name_field(tmp_path: Path) -> None:
     assert err.value.field == "stage.init_from"
 
 
+def test_model_group_differences_name_each_field_that_init_from_overrules() -> None:
+    """With stage.init_from, the model is init_from's config.json; the fields of a `model` group that differs
+    from it are listed (the trainer logs them as a `model_group_not_used` event), none when they agree."""
+    from model import config_from_dict
+    from train.build import model_group_differences
+
+    tiny = config_from_dict(composed(["model=tiny"])["model"])
+    same = parse_run_config(composed(["model=tiny", "stage=align"]))
+    assert model_group_differences(same, tiny) == []
+    other = parse_run_config(composed(["model=tiny", "stage=align", "model.text_config.num_hidden_layers=2",
+                                       "model.video_pool=1"]))
+    layers = tiny.text_config.num_hidden_layers
+    assert layers != 2 and tiny.video_pool != 1
+    assert model_group_differences(other, tiny) == [
+        f"text_config.num_hidden_layers: 2 (model group), {layers} (init_from)",
+        f"video_pool: 1 (model group), {tiny.video_pool} (init_from)"]
+
+
 def test_cli_rejects_bad_config_before_compute(tmp_path: Path) -> None:
     """`python -m train` exits non-zero naming the field, without creating outputs or a process group."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",

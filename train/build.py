@@ -33,6 +33,40 @@ def model_config(run: RunConfig, *, read_init_from: bool = True) -> Any:
         raise ConfigError("model", str(exc)) from exc
 
 
+# Keys of a config's dict that record how it was saved, not the model's shape.
+_BOOKKEEPING_KEYS = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version", "_name_or_path",
+                               "layer_types"})
+
+
+def model_group_differences(run: RunConfig, init_cfg: Any) -> list[str]:
+    """With `stage.init_from` set, the model trained is the one of init_from's config.json (`init_cfg`) and
+    the `model` group is not used: the fields where the group's config differs from it, as
+    ``"<field>: <group value> (model group), <init_from value> (init_from)"`` (dotted names, sorted; save
+    bookkeeping such as dtype and architectures left out). Empty when they agree or the group does not
+    build a config."""
+    from model import config_from_dict
+
+    try:
+        group = config_from_dict(run.model)
+    except (ValueError, TypeError):
+        return []
+
+    def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            if key in _BOOKKEEPING_KEYS:
+                continue
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    mine, theirs = flat(group.to_dict()), flat(init_cfg.to_dict())
+    return [f"{k}: {mine.get(k)!r} (model group), {theirs.get(k)!r} (init_from)"
+            for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+
+
 def tokenizer_name(run: RunConfig, model_cfg: Any) -> str | None:
     """Tokenizer: run override, else the exported dir of `init_from`, else the model preset's."""
     if run.tokenizer:

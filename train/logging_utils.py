@@ -181,8 +181,11 @@ class MetricsLogger:
             return
         self._file.write(json.dumps({"event": name, "step": step, "time": time.time(), **fields}) + "\n")
         self._file.flush()
+        line = f"[{name}] step {step} {fields}"
         if self._bar is not None:
-            self._bar.write(f"[{name}] step {step} {fields}", file=sys.stderr)
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.is_main and self._wandb is not None:

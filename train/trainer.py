@@ -263,6 +263,8 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
 
     dist = read_dist_env()
     model_cfg, tokenizer = build.check_run(run)  # all config errors surface here, before any compute
+    # init_from's config.json defines the model; a `model` group that differs is reported, not applied
+    unused_model_fields = build.model_group_differences(run, model_cfg) if run.stage.init_from else []
     out_dir = Path(run.output_dir)
     ckpt_root = out_dir / "checkpoints"
     resume_path = ckpt.resolve_resume(run.checkpoint.resume, ckpt_root)
@@ -327,6 +329,9 @@ def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:
                            resolve_wandb_mode(run.logging.wandb_mode), run.logging.wandb_project,
                            run.logging.run_name or _run_name(run.stage.name, out_dir), raw_config,
                            run.logging.every_steps, run.logging.tqdm)
+    if unused_model_fields:
+        logger.event("model_group_not_used", state.step, init_from=run.stage.init_from,
+                     differs=unused_model_fields)
     step_loop = StepLoop(engine, dist, dev, run.loop.grad_accum, run.loop.max_consecutive_nonfinite,
                          getattr(parts.model_cfg, "vision_pad_token_id", None), flops,
                          run.logging.peak_tflops_per_device * 1e12, skip_reasons=REASONS,
