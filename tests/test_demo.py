@@ -25,7 +25,8 @@ from demo.report import (
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["data.videos=14", "data.images=4", "data.test_frac=0.3", "data.val_frac=0.1", "data.needle_prob=1.0",
-         "short_data.videos=6", "short_data.images=6", "train_data.long_train.videos=4", "long_data.videos=4",
+         "short_data.videos=6", "short_data.images=6", "train_data.long_train.videos=4", "train_data.long_needle.videos=4",
+         "long_data.videos=4",
          "long_data.test_frac=0.5",
          "stages.dts.stage.steps=2", "stages.align.stage.steps=2", "stages.sft.stage.steps=2",
          "stages.long.stage.steps=2", "common.loop.micro_batch_size=2", "common.loop.loader_workers=0",
