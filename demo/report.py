@@ -165,13 +165,23 @@ def _pct(v: Any) -> str:
     return "–" if v is None else f"{100.0 * v:.1f}%"
 
 
+def _batch(s: dict[str, Any]) -> str:
+    """A stage's global batch: samples, or for a packed stage its rows, their token limit and the mean samples
+    per step (``samples`` / ``steps``)."""
+    if not s.get("packed_tokens"):
+        return str(s["batch"])
+    per_step = s["samples"] / s["steps"] if s.get("samples") and s["steps"] else None
+    mean = "" if per_step is None else f", {per_step:.1f} samples"
+    return f"{s['batch']} rows ≤ {s['packed_tokens']} tokens{mean}"
+
+
 def stage_table(stages: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows of the stages table."""
+    """Markdown rows of the stages table (a packed stage's batch is its rows: see `_batch`)."""
     rows = ["| stage | steps | batch | frames ≤ | trainable | lr | first loss | final loss | final val loss | wall s |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in stages:
         lrs = ", ".join(f"{k} {v:g}" for k, v in s["lr"].items())
-        rows.append(f"| {s['stage']} | {s['steps']} | {s['batch']} | {s['frames_upbound']} | "
+        rows.append(f"| {s['stage']} | {s['steps']} | {_batch(s)} | {s['frames_upbound']} | "
                     f"{', '.join(s['trainable'])} | {lrs} | {_f(s['first_loss'])} | {_f(s['final_loss'])} | "
                     f"{_f(s.get('final_val_loss'))} | {s['wall_s']:.1f} |")
     return rows

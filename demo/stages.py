@@ -51,6 +51,7 @@ def train_stages(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
                      "lr": {k: v for k, v in run.stage.lr.items() if k in run.stage.trainable},
                      "frames_upbound": run.stage.frames_upbound, "tasks": run.stage.data.tasks,
                      "batch": run.loop.micro_batch_size * run.loop.grad_accum * world_size,
+                     "packed_tokens": run.loop.packing.max_tokens if run.loop.packing is not None else None,
                      "ranks": world_size,
                      "first_loss": result.losses[0] if result.losses else None,
                      "final_loss": result.losses[-1] if result.losses else None,

@@ -113,6 +113,8 @@ def test_val_loss_is_plotted_beside_the_training_loss(tmp_path: Path) -> None:
     rows = with_val_losses(stages)
     assert [r["final_val_loss"] for r in rows] == [0.35, None]
     assert stage_table(rows)[2].endswith("| 0.300 | 0.350 | 1.0 |") and stage_table(rows)[3].endswith("| – | 1.0 |")
+    packed = {**stages[0], "batch": 10, "packed_tokens": 704, "samples": 176}
+    assert stage_table([packed])[2].startswith("| sft | 10 | 10 rows ≤ 704 tokens, 17.6 samples | 12 |")
     pngs = []
     for kind, stage in zip(("with", "without"), stages, strict=True):
         (tmp_path / kind / "plots").mkdir()
