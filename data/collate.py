@@ -144,11 +144,13 @@ def _media(raw: RawSample, keys: Sequence[str], field: str) -> tuple[str, bytes]
                                      f"none of {list(keys)}")
 
 
-def decode_sample(raw: RawSample, opts: SampleOptions) -> DecodedSample | None:
-    """Decode one raw sample; ``None`` when its task is filtered out; :class:`SampleFault` if broken."""
+def decode_sample(raw: RawSample, opts: SampleOptions,
+                  source_tasks: frozenset[str] | None = None) -> DecodedSample | None:
+    """Decode one raw sample; ``None`` when its task is filtered out (not in ``opts.tasks``, the stage's
+    filter, or not in ``source_tasks``, its data source's); :class:`SampleFault` if broken."""
     rec = parse_record(raw)
     task = str(rec.get("task", "unknown"))
-    if opts.tasks is not None and task not in opts.tasks:
+    if (opts.tasks is not None and task not in opts.tasks) or (source_tasks is not None and task not in source_tasks):
         return None
     video: VideoBytes | None = None
     image: np.ndarray | None = None

@@ -111,6 +111,8 @@ class StreamPlan:
         }
         if self.packing is not None:  # only when set, so that unpacked runs keep their fingerprint
             desc["packing"] = self.packing
+        if any(s.tasks is not None for s in self.sources):  # likewise for per-source task filters
+            desc["source_tasks"] = [sorted(s.tasks) if s.tasks is not None else None for s in self.sources]
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -187,6 +189,7 @@ class WorkerStream:
         self.plan, self.worker, self.faults = plan, worker, faults
         self.state = copy.deepcopy(state)
         self._iters: dict[int, Iterator[RawSample]] = {}
+        self.source = -1  # index into plan.sources of the sample yielded last
 
     def _excluded(self, i: int) -> frozenset[str]:
         """Samples of source ``i``'s current epoch consumed before a world-size change."""
@@ -254,6 +257,7 @@ class WorkerStream:
                 continue
             st["pos"] += 1
             st["taken"] += 1
+            self.source = i
             yield item
 
 
@@ -288,13 +292,15 @@ class ShardStreamDataset(IterableDataset):
                                       zip(stream.state["sources"], epochs_at_last_keep, strict=True)):
                 raise RuntimeError(f"data: worker {worker} of rank {self.plan.rank} went through a whole epoch of "
                                    "every source without one usable sample (task filter "
-                                   f"{sorted(opts.tasks) if opts.tasks is not None else None}, skipped so far "
+                                   f"{sorted(opts.tasks) if opts.tasks is not None else None}, per source "
+                                   f"{[sorted(s.tasks) if s.tasks else None for s in self.plan.sources]}, skipped so far "
                                    f"{faults.total}); the looping stream would never yield a batch")
             if raw.ignored:
                 faults.add(UNKNOWN_KEY, f"{raw.shard}:{raw.key}", f"ignored members {raw.ignored}")
             try:
-                sample = call_with_timeout(functools.partial(decode_sample, raw, opts), self.plan.decode_timeout_s,
-                                           f"{raw.shard}:{raw.key}")
+                sample = call_with_timeout(functools.partial(decode_sample, raw, opts,
+                                                             self.plan.sources[stream.source].tasks),
+                                           self.plan.decode_timeout_s, f"{raw.shard}:{raw.key}")
             except SampleFault as fault:
                 faults.add(fault.reason, f"{raw.shard}:{raw.key}", str(fault))
                 continue

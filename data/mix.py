@@ -9,6 +9,9 @@ A split (train / val / test) is a list of sources ``{shards, weight, strategy}``
 - ``strategy``: which samples of the source are used, in stored order (sorted shard paths, tar order):
   ``all``; ``first:N``; ``end:N``; ``random:N`` (a seeded subset, fixed for the whole run); ``N%``
   (a seeded random N percent); ``first:N%``, ``end:N%`` and ``random:N%`` take a percentage.
+- ``tasks`` (optional): the json ``task`` values this source contributes (e.g. ``[needle]``); its other
+  samples are skipped like those outside the stage's own task filter (``stage.data.tasks``), which still
+  applies. Weights interleave raw samples, before either filter.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import glob
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,17 +94,23 @@ def parse_strategy(text: str, where: str) -> Strategy:
 
 @dataclass
 class DataSource:
-    """One source of a split: a shard glob, its mixing weight and sampling strategy."""
+    """One source of a split: a shard glob, its mixing weight, sampling strategy and (optionally) the tasks
+    it contributes (None: every task)."""
 
     shards: str
     weight: float = 1.0
     strategy: str = "all"
+    tasks: list[str] | None = None
 
     def validate(self, where: str) -> Strategy:
         if not isinstance(self.shards, str) or not self.shards:
             raise ValueError(f"{where}.shards: must be a non-empty glob string, got {self.shards!r}")
         if not isinstance(self.weight, int | float) or not self.weight > 0:
             raise ValueError(f"{where}.weight: must be a number > 0, got {self.weight!r}")
+        if self.tasks is not None and (not isinstance(self.tasks, list | tuple) or not self.tasks
+                                       or not all(isinstance(t, str) and t for t in self.tasks)):
+            raise ValueError(f"{where}.tasks: must be a non-empty list of task names or null (every task), "
+                             f"got {self.tasks!r}")
         return parse_strategy(self.strategy, f"{where}.strategy")
 
 
@@ -154,7 +163,7 @@ class DataConfig:
             for i, item in enumerate(items):
                 if not isinstance(item, Mapping):
                     raise ValueError(f"data.{split}[{i}]: must be a mapping, got {type(item).__name__}")
-                bad = sorted(set(item) - {"shards", "weight", "strategy"})
+                bad = sorted(set(item) - {"shards", "weight", "strategy", "tasks"})
                 if bad:
                     raise ValueError(f"data.{split}[{i}]: unknown fields {bad}")
                 if "shards" not in item:
@@ -175,6 +184,15 @@ class ResolvedSource:
     shards: tuple[str, ...]
     weight: float
     keep: dict[str, frozenset[str]] | None  # shard -> kept keys; None keeps everything
+    tasks: frozenset[str] | None = None  # the tasks this source contributes; None: every task
+
+    def task_filter(self, stage_tasks: Iterable[str] | None) -> frozenset[str] | None:
+        """The tasks a sample of this source may have to be used: this source's `tasks` within
+        `stage_tasks` (the stage's filter; None: no filter). None: every task."""
+        if stage_tasks is None:
+            return self.tasks
+        stage = frozenset(stage_tasks)
+        return stage if self.tasks is None else stage & self.tasks
 
     def kept_samples(self, shard: str) -> Iterator[RawSample]:
         """Raw samples of ``shard`` that this source's strategy keeps, in stored order (shard read
@@ -204,7 +222,8 @@ def resolve_split(cfg: DataConfig, split: str, seed: int) -> list[ResolvedSource
         keep = None
         if strategy.kind != "all":
             keep = _select_keys(shards, strategy, np.random.default_rng([seed, i, 7919]), where)
-        out.append(ResolvedSource(name=f"{split}[{i}]", shards=shards, weight=float(src.weight), keep=keep))
+        out.append(ResolvedSource(name=f"{split}[{i}]", shards=shards, weight=float(src.weight), keep=keep,
+                                  tasks=None if src.tasks is None else frozenset(src.tasks)))
     return out
 
 

@@ -192,6 +192,28 @@ def test_task_filter_and_weighted_mix(tmp_path: Path, tok: Any, mcfg: Any) -> No
     assert tasks.count("caption") == 30 and tasks.count("mcq") == 10
 
 
+def test_source_tasks_filter_only_their_source(tmp_path: Path, tok: Any, mcfg: Any) -> None:
+    """A source's `tasks` keeps only those tasks of that source; the other sources and the stage's own filter
+    (`tasks=`) act as before, and the filter is part of the plan a resume must agree on."""
+    for src in ("a", "b"):
+        write_dataset(tmp_path / src / "cap", 6, shard_size=2, task="caption", frames=8)
+        write_dataset(tmp_path / src / "mcq", 6, shard_size=2, task="mcq", frames=8)
+    plain = {"shards": "a/*/*.tar"}
+    cfg = cfg_for(tmp_path, plain, {"shards": "b/*/*.tar", "tasks": ["mcq"]})
+    loader = build_loader(cfg, tok, mcfg, split="val", batch_size=4, num_workers=0, frames_upbound=4)
+    tasks = [t for b in collect(loader) for t in b["tasks"]]
+    assert sorted(tasks) == ["caption"] * 6 + ["mcq"] * 12  # b's captions are left out
+    only = build_loader(cfg, tok, mcfg, split="val", batch_size=4, num_workers=0, tasks=["caption"],
+                        frames_upbound=4)
+    assert [t for b in collect(only) for t in b["tasks"]] == ["caption"] * 6  # both filters apply
+    unfiltered = build_loader(cfg_for(tmp_path, plain, {"shards": "b/*/*.tar"}), tok, mcfg, split="val",
+                              batch_size=4, num_workers=0, frames_upbound=4)
+    assert len([t for b in collect(unfiltered) for t in b["tasks"]]) == 24
+    assert unfiltered.plan.fingerprint != loader.plan.fingerprint
+    with pytest.raises(ValueError, match=r"data\.train\[0\]\.tasks: must be a non-empty list"):
+        DataConfig.from_mapping({"train": [{"shards": "a/*.tar", "tasks": "mcq"}]})
+
+
 def test_strategies_select_in_stored_order(tmp_path: Path, tok: Any, mcfg: Any) -> None:
     ids = write_dataset(tmp_path / "s", 10, shard_size=3, frames=8)  # stored order == ids order
 

@@ -383,6 +383,21 @@ def test_epoch_based_steps_follow_the_data(tmp_path: Path) -> None:
     captions = split["tasks"]["caption"] + split["tasks"]["image_caption"]
     assert captions < samples
     assert total_steps(run, world_size=2) == max(1, (2 * captions) // 4)
+    # a source's own `tasks` narrows it further: two sources over the same shards, one giving only captions
+    import dataclasses
+
+    from data.mix import DataSource
+    from train.build import check_run
+    from train.config import ConfigError
+
+    run.stage.data.tasks = None
+    run.data = dataclasses.replace(run.data, train=[DataSource("train-*.tar"),
+                                                     DataSource("train-*.tar", tasks=["caption"])])
+    assert total_steps(run, world_size=2) == (2 * (samples + split["tasks"]["caption"])) // 4  # 2 epochs
+    run.stage.data.tasks = ["mcq"]  # a source whose tasks the stage never keeps is refused before compute
+    with pytest.raises(ConfigError) as err:
+        check_run(run, check_paths=False)
+    assert err.value.field == "data.train[1].tasks" and "['caption'] has no task of stage.data.tasks ['mcq']" in str(err.value)
 
 
 def test_restore_schedule_follows_the_runs_step_count_after_a_checkpoint_load() -> None:

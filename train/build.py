@@ -152,14 +152,20 @@ def check_run(run: RunConfig, *, check_paths: bool = True) -> tuple[Any, Any | N
 
 
 def _check_data(run: RunConfig, check_paths: bool) -> None:
-    """The stage's train split has sources and, with `check_paths`, its shard globs match files; the val
-    split too when the stage validates (train/validation.py)."""
+    """The stage's train split has sources, none whose `tasks` miss every task of `stage.data.tasks`, and,
+    with `check_paths`, its shard globs match files; the val split too when the stage validates
+    (train/validation.py)."""
     from data.mix import resolve_split
 
     cfg = data_config(run)
     prefix = "data" if run.stage.data.train is None else "stage.data"
     if not cfg.train:
         raise ConfigError(f"{prefix}.train", "no training sources")
+    stage_tasks = run.stage.data.tasks
+    for i, src in enumerate(cfg.train):
+        if src.tasks is not None and stage_tasks is not None and not set(src.tasks) & set(stage_tasks):
+            raise ConfigError(f"{prefix}.train[{i}].tasks", f"{list(src.tasks)} has no task of stage.data.tasks "
+                              f"{list(stage_tasks)}: the source would give no sample")
     if check_paths:
         try:
             resolve_split(cfg, "train", run.seed)
@@ -193,15 +199,16 @@ def _count_tasks(src: ResolvedSource, tasks: frozenset[str]) -> int:
 
 def count_train_samples(run: RunConfig) -> int:
     """Samples one epoch of the stage trains on: the train split after strategies, filtered by
-    `stage.data.tasks` like the loader (tar headers only when there is no task filter)."""
+    `stage.data.tasks` and each source's `tasks` like the loader (tar headers only when there is no task
+    filter)."""
     from data.mix import resolve_split
     from data.shards import iter_shard_keys
 
-    tasks = run.stage.data.tasks
     total = 0
     for src in resolve_split(data_config(run), "train", run.seed):
+        tasks = src.task_filter(run.stage.data.tasks)
         if tasks is not None:
-            total += _count_tasks(src, frozenset(tasks))
+            total += _count_tasks(src, tasks)
         elif src.keep is not None:
             total += sum(len(v) for v in src.keep.values())
         else:

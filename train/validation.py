@@ -186,9 +186,11 @@ def check_val_split(run: RunConfig, check_paths: bool = True) -> None:
         sources = resolve_split(run.data, "val", run.seed)
     except (ValueError, FileNotFoundError) as exc:
         raise data_error(exc, "data") from exc
-    tasks = run.stage.data.tasks
-    if tasks is not None and not any(_holds_task(src, frozenset(tasks)) for src in sources):
-        raise ConfigError("data.val", f"holds no sample of the stage's tasks {sorted(tasks)} (stage.data.tasks) "
+    filters = [src.task_filter(run.stage.data.tasks) for src in sources]
+    if all(f is not None for f in filters) and not any(_holds_task(src, f) for src, f in  # type: ignore[arg-type]
+                                                       zip(sources, filters, strict=True)):
+        raise ConfigError("data.val", f"holds no sample of the stage's tasks {run.stage.data.tasks} (stage.data.tasks) "
+                                      f"and its sources' tasks {[sorted(f) for f in filters if f is not None]} "
                                       "to validate on (loop.eval_every_steps)")
 
 
