@@ -424,3 +424,28 @@ def test_restore_schedule_follows_the_runs_step_count_after_a_checkpoint_load() 
     new.step()
     assert new.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * wanted(8))
     assert restore_schedule(new, wanted) is None  # already this run's schedule
+
+
+def test_a_build_waiting_on_a_lock_says_which_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A step still running after `after_s` while a torch-extension build lock exists prints one line naming
+    the lock; with no lock, or when the step ends in time, nothing is printed."""
+    import time
+
+    from train.engine import build_lock_note, extension_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    with build_lock_note(after_s=0.05):
+        time.sleep(0.3)
+    assert capsys.readouterr().err == "" and extension_build_locks() == []
+    lock = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    assert extension_build_locks() == [lock]
+    with build_lock_note(after_s=5.0):
+        pass  # ended in time: no note
+    assert capsys.readouterr().err == ""
+    with build_lock_note(after_s=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(lock) in lines[0] and "delete the file" in lines[0]

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +39,45 @@ def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local)
 
 
+# Seconds a DeepSpeed op build may wait before the run names any torch-extension build lock it may wait on.
+BUILD_LOCK_NOTE_AFTER_S = 180.0
+
+
+def extension_build_locks() -> list[Path]:
+    """The torch-extension build locks present now (``<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/
+    [<python-device tag>/]<op>/lock``). A build holds its op's lock while it compiles; a run stopped during a
+    build leaves it behind, and every later build of that op then waits on it without end."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return sorted(p for p in [*root.glob("*/lock"), *root.glob("*/*/lock")] if p.is_file())
+
+
+@contextmanager
+def build_lock_note(after_s: float = BUILD_LOCK_NOTE_AFTER_S) -> Iterator[None]:
+    """Around a step that may build a DeepSpeed op: if it is still running after `after_s` seconds while a
+    build lock exists (`extension_build_locks`), print one line to stderr naming the lock file(s), so a wait
+    on a lock left by a stopped run is not silent. The step itself is not interrupted."""
+    done = threading.Event()
+
+    def note() -> None:
+        if done.wait(after_s):
+            return
+        locks = extension_build_locks()
+        if locks:
+            print(f"note: waiting {after_s:.0f} s so far for a DeepSpeed op build; build lock(s) "
+                  f"{', '.join(map(str, locks))}: if no other build is running (a run stopped while compiling "
+                  "leaves its lock), delete the file", file=sys.stderr, flush=True)
+
+    watcher = threading.Thread(target=note, name="build-lock-note", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 def init_distributed(dist_env: DistEnv) -> None:
     """Select this rank's accelerator device, then initialise torch.distributed through DeepSpeed
     (nccl on GPUs, gloo on CPU).
@@ -55,7 +99,8 @@ def init_distributed(dist_env: DistEnv) -> None:
             raise RuntimeError("MASTER_PORT is not set; launch with torchrun/deepspeed or set it")
         os.environ["MASTER_PORT"] = str(_free_port())
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
+        with build_lock_note():  # the first init builds DeepSpeed's CPU communication op
+            deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
 
 
 def shutdown_distributed() -> None:
@@ -73,7 +118,8 @@ def build_comm_ops() -> None:
     called early, the compile can overlap other work."""
     from deepspeed.comm.torch import build_shm_op
 
-    build_shm_op()
+    with build_lock_note():
+        build_shm_op()
 
 
 def _free_port() -> int:
