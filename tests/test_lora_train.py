@@ -21,7 +21,7 @@ from model import VideoXL2ForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 K = 2
-TOTAL = 5
+TOTAL = 8  # steps after the kill point: the killed run must not reach its export before the kill lands
 R, ALPHA = 4, 12.0
 pytestmark = pytest.mark.slow
 
