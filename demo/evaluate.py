@@ -40,9 +40,10 @@ def mode_overrides(ecfg: DictConfig, mode: str) -> list[str]:
 
 def run_bench(ckpt: Path, data: Path, bench: str, mode: str, ecfg: DictConfig, out_dir: Path,
               extra: list[str], model: Any, tokenizer: Any, name: str | None = None,
-              bar_position: int = 0) -> dict[str, Any]:
+              bar_position: int = 0, visual_cache: Any = None) -> dict[str, Any]:
     """Evaluate one bench in one mode; returns the metrics dict written to ``<out_dir>/<name>.json``
-    (`bar_position`: the line of its progress bar, one per process evaluating at once)."""
+    (`bar_position`: the line of its progress bar, one per process evaluating at once; `visual_cache`: a
+    `model.inference.VisualCache` shared by the benches of one mode, which ask about the same videos)."""
     name = name or f"{bench}_{mode}"
     overrides = [f"ckpt={ckpt}", f"data={data}", f"bench={bench}", f"setting={ecfg.setting}",
                  f"split={ecfg.split}", f"limit={hydra_value(ecfg.limit)}", f"work_dir={out_dir / 'videos' / name}",
@@ -55,7 +56,7 @@ def run_bench(ckpt: Path, data: Path, bench: str, mode: str, ecfg: DictConfig, o
     records = []
     with torch.inference_mode():
         for s in tqdm(loaded.samples, desc=f"eval {name}", dynamic_ncols=True, leave=False, position=bar_position):
-            records.append(evaluate_sample(model, tokenizer, s, cfg, torch.device("cpu"), protocol))
+            records.append(evaluate_sample(model, tokenizer, s, cfg, torch.device("cpu"), protocol, visual_cache))
     settings = asdict(cfg)
     settings.update({"world_size": 1, "device_resolved": "cpu", "sampling_base_fps": 1.0, "greedy": True,
                      "sample_order": [s.sample_id for s in loaded.samples]})
@@ -85,13 +86,17 @@ def evaluate_mode(job: ModeJob) -> dict[str, Any]:
     """Run one ModeJob in this process (on `job.threads` torch threads): ``{"main": {bench: metrics},
     "long": {bench: metrics}, "sweep": [row per length], "sweep_s": wall seconds of the sweep}``."""
     from model import VideoXL2ForCausalLM, load_tokenizer
+    from model.inference import VisualCache
 
     torch.set_num_threads(job.threads)
     model = VideoXL2ForCausalLM.from_pretrained(str(job.ckpt), dtype=torch.float32).eval()
     tokenizer = load_tokenizer(str(job.ckpt))
     eval_dir = job.out_dir / "eval"
+    # the benches ask about the same test videos (MCQ and grounding about every one, the needle about half)
+    cache_mb = int(job.ecfg.get("visual_cache_mb", 0))
+    cache = VisualCache(cache_mb * 2**20) if cache_mb else None
     main = {str(b): run_bench(job.ckpt, job.data, str(b), job.mode, job.ecfg, eval_dir, [], model, tokenizer,
-                              bar_position=job.bar_position) for b in job.ecfg.benches}
+                              bar_position=job.bar_position, visual_cache=cache) for b in job.ecfg.benches}
     long: dict[str, Any] = {}
     if job.long_data is not None:
         for b in job.ecfg.long_benches:

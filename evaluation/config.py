@@ -76,6 +76,9 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "float32"
     length_buckets: list[float] = field(default_factory=lambda: [0.0, 60.0, 180.0, 600.0, 1800.0, 3600.0])
+    # MiB of encoded frames memoised per rank (model.inference.VisualCache): a video asked about by several
+    # questions is encoded once; 0 = off. Same records either way.
+    visual_cache_mb: int = 0
 
     @property
     def task(self) -> str:
@@ -126,6 +129,8 @@ def validate_eval_config(cfg: EvalConfig) -> None:
         raise ConfigError("decode", f"must be full | bilevel, got {cfg.decode!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if isinstance(cfg.visual_cache_mb, bool) or not isinstance(cfg.visual_cache_mb, int) or cfg.visual_cache_mb < 0:
+        raise ConfigError("visual_cache_mb", f"must be an int >= 0 (MiB; 0 = off), got {cfg.visual_cache_mb!r}")
     _positive(cfg.bench.max_new_tokens, "bench.max_new_tokens")
     _positive(cfg.setting.frames_upbound, "setting.frames_upbound")
     _positive(cfg.setting.max_length, "setting.max_length", allow_none=True)

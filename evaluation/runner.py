@@ -229,8 +229,10 @@ def resolve_protocol(cfg: EvalConfig) -> Protocol:
 
 
 def evaluate_sample(model: Any, tokenizer: Any, sample: EvalSample, cfg: EvalConfig, device: torch.device,
-                    protocol: Protocol | None = None) -> dict[str, Any]:
-    """Generate greedily for one sample and return its prediction record.
+                    protocol: Protocol | None = None, visual_cache: Any = None) -> dict[str, Any]:
+    """Generate greedily for one sample and return its prediction record (`visual_cache`: a
+    `model.inference.VisualCache` shared by the samples of a run, so a video asked about again is not
+    encoded again; the record is the same with or without it).
 
     A video that cannot be read (or is missing) gives a `failed_record` (logged) instead of an
     exception, so one bad file never stops a rank while the others wait in the gather.
@@ -250,7 +252,7 @@ def evaluate_sample(model: Any, tokenizer: Any, sample: EvalSample, cfg: EvalCon
     result = generate_video(model, input_ids.to(device), pixel_values.to(device=device, dtype=model.dtype), layout,
                             prefill=cfg.prefill, decode=cfg.decode, max_new_tokens=cfg.bench.max_new_tokens,
                             chunk_groups=opts.chunk_groups, prev_chunks=opts.prev_chunks, top_k=opts.top_k,
-                            kv_pool=opts.kv_pool)
+                            kv_pool=opts.kv_pool, visual_cache=visual_cache)
     token_ids = [int(t) for t in torch.as_tensor(result.token_ids).reshape(-1).tolist()]
     text = tokenizer.decode(token_ids, skip_special_tokens=True)
     return _base_record(sample, prompt, text, token_ids, info, numeric_stats(result.stats), protocol.extractor)
@@ -343,6 +345,7 @@ def run(cfg: Any) -> dict[str, Any] | None:
     """
     from model import VideoXL2ForCausalLM, load_tokenizer
     from model.checks import check_videoxl2_dir
+    from model.inference import VisualCache
 
     ecfg = to_eval_config(cfg)
     try:
@@ -363,8 +366,9 @@ def run(cfg: Any) -> dict[str, Any] | None:
         model = VideoXL2ForCausalLM.from_pretrained(ecfg.ckpt, dtype=getattr(torch, ecfg.dtype)).to(device).eval()
         tokenizer = load_tokenizer(ecfg.ckpt)
         mine = loaded.samples[info.rank::info.world_size]
+        cache = VisualCache(ecfg.visual_cache_mb * 2**20) if ecfg.visual_cache_mb else None
         with torch.inference_mode():
-            records = [evaluate_sample(model, tokenizer, s, ecfg, device, protocol) for s in mine]
+            records = [evaluate_sample(model, tokenizer, s, ecfg, device, protocol, cache) for s in mine]
     merged = gather_records(records, info)
     metrics = None
     if merged is not None:

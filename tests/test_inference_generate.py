@@ -91,6 +91,33 @@ def test_streamed_frames_callable_matches_tensor(tiny_video) -> None:
     assert a.stats.vision_seconds > 0 and a.stats.prefill_seconds >= a.stats.vision_seconds
 
 
+def test_visual_cache_encodes_each_frame_batch_once_and_changes_nothing(tiny_video) -> None:
+    """Two questions about the same frames with a shared VisualCache: the second encodes nothing, and both
+    give the tokens and logits of a run without the cache; other frames miss; a full cache stops adding."""
+    from model.inference import VisualCache
+
+    model, built, frames = tiny_video
+    kw = dict(layout=built, prefill="chunked", decode="bilevel", max_new_tokens=5, chunk_groups=2,
+              prev_chunks=1, top_k=1, kv_pool=4, eos_token_id=None, block_chunks=1, return_scores=True)
+    plain = generate_video(model, built.input_ids, frames, **kw)
+    cache = VisualCache(max_bytes=2**20)
+    first = generate_video(model, built.input_ids, frames, visual_cache=cache, **kw)
+    batches = cache.misses
+    assert batches == 4 and cache.hits == 0  # 7 groups in batches of 2
+    second = generate_video(model, built.input_ids, frames, visual_cache=cache, **kw)
+    assert cache.misses == batches and cache.hits == batches
+    for res in (first, second):
+        assert res.token_ids.tolist() == plain.token_ids.tolist() and torch.equal(res.scores, plain.scores)
+    generate_video(model, built.input_ids, frames + 1.0, visual_cache=cache, **kw)
+    assert cache.misses == 2 * batches
+    small = VisualCache(max_bytes=1)
+    generate_video(model, built.input_ids, frames, visual_cache=small, **kw)
+    generate_video(model, built.input_ids, frames, visual_cache=small, **kw)
+    assert small.bytes == 0 and small.hits == 0 and small.misses == 2 * batches
+    with pytest.raises(ValueError, match="max_bytes"):
+        VisualCache(0)
+
+
 def test_generate_errors(tiny_video) -> None:
     model, built, frames = tiny_video
     ids = built.input_ids

@@ -13,7 +13,7 @@ from model.inference.chunked_prefill import run_prefill
 from model.inference.kv_cache import KVStore
 from model.inference.layout import AttnPart, VideoLayout, causal_pairs, iter_chunked_plan, plan_full
 from model.inference.stats import GenerationStats, PeakMemory
-from model.inference.visual import FrameSource, PromptEmbedder
+from model.inference.visual import FrameSource, PromptEmbedder, VisualCache
 
 
 @dataclass
@@ -102,6 +102,7 @@ def generate_video(
     visual_embeds: torch.Tensor | None = None,
     block_chunks: int = 2,
     return_scores: bool = False,
+    visual_cache: VisualCache | None = None,
 ) -> GenerationResult:
     """Greedy generation for one video prompt (batch size 1).
 
@@ -113,6 +114,7 @@ def generate_video(
     ``eos_token_id``: ``"auto"`` uses the LM config's eos; None never stops early.
     ``block_chunks``: chunks batched per prefill block (execution only; same visibility and result).
     ``return_scores``: also return the logits of every generated step.
+    ``visual_cache``: a memo of encoded frame batches shared across prompts (same result, encoded once).
     """
     if layout is None:
         raise ValueError("generate_video needs layout= (token_kind + group_index, e.g. the BuiltSequence)")
@@ -122,7 +124,7 @@ def generate_video(
     input_ids = _validate(torch.as_tensor(input_ids), layout, prefill, decode, max_new_tokens, knobs)
     llm = model.llm if hasattr(model, "llm") else model
     embedder = PromptEmbedder(model, input_ids, layout, pixel_values, visual_embeds,
-                              encode_groups=chunk_groups * block_chunks)
+                              encode_groups=chunk_groups * block_chunks, cache=visual_cache)
     length, v_end, s = layout.length, layout.video_end, layout.suffix_length
     bilevel = decode == "bilevel"
     if prefill == "full":

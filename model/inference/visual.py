@@ -3,11 +3,13 @@
 Frames can be given as a tensor ``[N, 3, S, S]`` (sliced per chunk, so encoder tokens exist for one
 chunk at a time) or as a callable ``frames(g0, g1) -> FloatTensor[(g1 - g0) * frames_per_group, 3, S, S]``
 that loads/decodes only the requested groups (then pixels are never all resident either).
-Precomputed ``visual_embeds [G, T, d]`` bypass the vision path.
+Precomputed ``visual_embeds [G, T, d]`` bypass the vision path. A :class:`VisualCache` shared by the
+prompts of one evaluation run encodes each batch of frames once, however many questions ask about it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -18,16 +20,57 @@ from model.inference.layout import Kind, VideoLayout
 FrameSource = torch.Tensor | Callable[[int, int], torch.Tensor]
 
 
+class VisualCache:
+    """Content-keyed memo of ``model.encode_frames`` per batch of frames, for the prompts of one evaluation run
+    (several questions about one video, or several benches over the same videos).
+
+    The key is a SHA-256 of the batch's pixel bytes, shape and dtype, so a hit is the same frames in the
+    same batch: the value is bit-identical to encoding them again (the embedder batches a video's groups
+    the same way for every prompt with the same chunking). Holds at most ``max_bytes`` of embeddings; once
+    full it stops adding. Hashing copies the frames to host memory, so it pays where encoding costs more
+    than that copy (CPU, or large encoders).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._store: dict[bytes, torch.Tensor] = {}
+
+    def encode(self, model: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
+        """``model.encode_frames(frames)`` (``[N, 3, S, S]`` -> ``[N / frames_per_group, T, d]``), from the
+        memo when these frames were encoded before."""
+        digest = hashlib.sha256(f"{tuple(frames.shape)}{frames.dtype}".encode())
+        digest.update(frames.detach().cpu().contiguous().numpy().tobytes())
+        key = digest.digest()
+        hit = self._store.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        out = model.encode_frames(frames)
+        size = out.numel() * out.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self._store[key] = out
+            self.bytes += size
+        return out
+
+
 class PromptEmbedder:
     """``embedder(start, end) -> FloatTensor[end - start, d]`` for one prompt (batch size 1).
 
     A block must contain whole groups (chunk and full plans do). Vision runs in batches of at most
-    ``encode_groups`` groups. ``vision_seconds`` accumulates the time spent encoding frames.
+    ``encode_groups`` groups, through ``cache`` when given. ``vision_seconds`` accumulates the time spent
+    encoding frames.
     """
 
     def __init__(
         self, model: torch.nn.Module, input_ids: torch.Tensor, layout: VideoLayout,
         frames: FrameSource | None = None, visual_embeds: torch.Tensor | None = None, encode_groups: int = 4,
+        cache: VisualCache | None = None,
     ) -> None:
         if (frames is None) == (visual_embeds is None):
             raise ValueError("give exactly one of pixel frames or visual_embeds")
@@ -50,6 +93,7 @@ class PromptEmbedder:
         self.frames = frames
         self.visual_embeds = visual_embeds
         self.encode_groups = encode_groups
+        self.cache = cache
         self.vision_seconds = 0.0
 
     def visual(self, g0: int, g1: int) -> torch.Tensor:
@@ -67,7 +111,7 @@ class PromptEmbedder:
                 px = self.frames(a, b)
                 if not isinstance(px, torch.Tensor) or px.shape[0] != (b - a) * fpg:
                     raise ValueError(f"frame source returned a bad batch for groups [{a}, {b})")
-            out.append(self.model.encode_frames(px))
+            out.append(self.model.encode_frames(px) if self.cache is None else self.cache.encode(self.model, px))
         self.vision_seconds += time.perf_counter() - t0
         return torch.cat(out) if len(out) > 1 else out[0]
 
