@@ -14,18 +14,19 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(STAMP)
 
-# torch first (pinned CPU wheel), then the package and its dev extras.
+# torch first (pinned CPU wheel), then the package and its dev extras. --no-compile: Python byte-compiles only
+# the modules a run imports, on first import, instead of every installed file now (61 s -> 24 s on 2 cores)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-compile --upgrade pip
+	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q --no-compile -e ".[dev]"
 	touch $(STAMP)
 
 # the demo's own extra (matplotlib, for the report's plots): `dev` includes it, so after `make install` this
 # only checks; a venv without it gets `pip install -e ".[demo]"`
 $(DEMO_STAMP): $(STAMP)
-	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e ".[demo]"
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q --no-compile -e ".[demo]"
 	touch $(DEMO_STAMP)
 
 test: $(STAMP)
