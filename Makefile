@@ -9,6 +9,10 @@ export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# the install does not byte-compile (below), so each module is compiled when a run first imports it; writing
+# that .pyc lets later processes reuse it, even where the environment sets PYTHONDONTWRITEBYTECODE (then every
+# process would compile torch's modules again)
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: install test demo lint clean
 
