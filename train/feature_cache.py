@@ -13,29 +13,15 @@ fp32 tolerance rather than bit for bit.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import nn
 
+from model.memo import ContentMemo
 
-class FrozenFeatureCache:
-    """Content-keyed memo of `model.synthesize_groups` for frozen vision tower + DTS."""
 
-    def __init__(self, max_bytes: int) -> None:
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._store: dict[bytes, torch.Tensor] = {}
-
-    @staticmethod
-    def _key(group: torch.Tensor) -> bytes:
-        digest = hashlib.sha256(f"{tuple(group.shape)}{group.dtype}".encode())
-        digest.update(group.detach().cpu().contiguous().numpy().data)
-        return digest.digest()
+class FrozenFeatureCache(ContentMemo):
+    """Content-keyed memo (`model.memo.ContentMemo`) of `model.synthesize_groups` for frozen vision tower +
+    DTS, one entry per group of frames."""
 
     def group_tokens(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """`model.synthesize_groups(pixel_values)` (no grad), computing only the groups not cached yet."""
@@ -43,8 +29,8 @@ class FrozenFeatureCache:
         if pixel_values.dim() != 4 or pixel_values.shape[0] % frames:
             raise ValueError(f"pixel_values: need (N, 3, S, S) with N a multiple of {frames}, "
                              f"got {tuple(pixel_values.shape)}")
-        keys = [self._key(pixel_values[i:i + frames]) for i in range(0, pixel_values.shape[0], frames)]
-        missing = [g for g, k in enumerate(keys) if k not in self._store]
+        keys = [self.key(pixel_values[i:i + frames]) for i in range(0, pixel_values.shape[0], frames)]
+        missing = [g for g, k in enumerate(keys) if k not in self]
         fresh: dict[bytes, torch.Tensor] = {}
         if missing:
             index = torch.tensor([g * frames + f for g in missing for f in range(frames)])
@@ -55,9 +41,6 @@ class FrozenFeatureCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         for key, tokens in fresh.items():
-            size = tokens.numel() * tokens.element_size()
-            if self.bytes + size > self.max_bytes:
+            if not self.put(key, tokens.clone()):
                 break
-            self._store[key] = tokens.clone()
-            self.bytes += size
-        return torch.stack([self._store[k] if k in self._store else fresh[k] for k in keys])
+        return torch.stack([self._store[k] if k in self else fresh[k] for k in keys])

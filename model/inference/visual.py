@@ -9,53 +9,39 @@ prompts of one evaluation run encodes each batch of frames once, however many qu
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
 import torch
 
 from model.inference.layout import Kind, VideoLayout
+from model.memo import ContentMemo
 
 FrameSource = torch.Tensor | Callable[[int, int], torch.Tensor]
 
 
-class VisualCache:
-    """Content-keyed memo of ``model.encode_frames`` per batch of frames, for the prompts of one evaluation run
-    (several questions about one video, or several benches over the same videos).
+class VisualCache(ContentMemo):
+    """Content-keyed memo (`model.memo.ContentMemo`) of ``model.encode_frames`` per batch of frames, for the
+    prompts of one evaluation run (several questions about one video, or several benches over the same
+    videos).
 
-    The key is a SHA-256 of the batch's pixel bytes, shape and dtype, so a hit is the same frames in the
-    same batch: the value is bit-identical to encoding them again (the embedder batches a video's groups
-    the same way for every prompt with the same chunking). Holds at most ``max_bytes`` of embeddings; once
-    full it stops adding. Hashing copies the frames to host memory, so it pays where encoding costs more
-    than that copy (CPU, or large encoders).
+    A hit is the same frames in the same batch, so the value is bit-identical to encoding them again (the
+    embedder batches a video's groups the same way for every prompt with the same chunking). Holds at most
+    ``max_bytes`` of embeddings. Hashing copies the frames to host memory, so it pays where encoding costs
+    more than that copy (CPU, or large encoders).
     """
-
-    def __init__(self, max_bytes: int) -> None:
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._store: dict[bytes, torch.Tensor] = {}
 
     def encode(self, model: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
         """``model.encode_frames(frames)`` (``[N, 3, S, S]`` -> ``[N / frames_per_group, T, d]``), from the
         memo when these frames were encoded before."""
-        digest = hashlib.sha256(f"{tuple(frames.shape)}{frames.dtype}".encode())
-        digest.update(frames.detach().cpu().contiguous().numpy().tobytes())
-        key = digest.digest()
-        hit = self._store.get(key)
+        key = self.key(frames)
+        hit = self.get(key)
         if hit is not None:
             self.hits += 1
             return hit
         self.misses += 1
         out = model.encode_frames(frames)
-        size = out.numel() * out.element_size()
-        if self.bytes + size <= self.max_bytes:
-            self._store[key] = out
-            self.bytes += size
+        self.put(key, out)
         return out
 
 
