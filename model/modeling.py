@@ -186,10 +186,15 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError("give pixel_values or group_tokens, not both")
             return self.embed_inputs(input_ids, self.project_groups(group_tokens) if group_tokens.numel() else None)
         has_frames = pixel_values is not None and pixel_values.numel() > 0
-        embeds = self.embed_inputs(input_ids, self.encode_frames(pixel_values) if has_frames else None)
-        if self.training and not has_frames and torch.is_grad_enabled():
-            embeds = embeds + self._dummy_visual_term().to(embeds.dtype)
-        return embeds
+        if has_frames or not (self.training and torch.is_grad_enabled()):
+            return self.embed_inputs(input_ids, self.encode_frames(pixel_values) if has_frames else None)
+        # The zero term runs before the text embedding, as the frames do above, so that the backward reaches the
+        # weights in the same order with or without frames. ZeRO-2 reduces gradients in buckets filled in the
+        # order their hooks fire; two ranks whose micro-batches differed in that order would sum one weight's
+        # gradient with another's (tests/test_model.py, tests/test_packing.py).
+        dummy = self._dummy_visual_term()
+        embeds = self.embed_inputs(input_ids, None)
+        return embeds + dummy.to(embeds.dtype)
 
     # -- forward -------------------------------------------------------------------------------------
     def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,

@@ -321,6 +321,40 @@ def test_lm_loss_without_frames_touches_every_weight(tiny: VideoXL2ForCausalLM) 
     assert all(p.grad is not None for p in tiny.parameters())
 
 
+def test_backward_reaches_the_weights_in_one_order_with_or_without_frames(tiny: VideoXL2ForCausalLM) -> None:
+    """ZeRO-2/3 reduce gradients in buckets filled in the order the weights' gradient hooks fire, so ranks whose
+    micro-batches hold frames and none must fire them in the same order (else one weight's gradient is summed
+    with another's). Also with the frozen vision tower + DTS given as `group_tokens` (the feature cache)."""
+    batch = make_batch(tiny.config)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["input_ids"]
+    text_ids = ids[:, -6:]
+    names = {p: n for n, p in tiny.named_parameters()}
+    tiny.train()
+
+    def hook_order(run) -> list[str]:
+        order: list[str] = []
+        handles = [p.register_post_accumulate_grad_hook(lambda q: order.append(names[q]))
+                   for p in tiny.parameters() if p.requires_grad]
+        try:
+            run().backward()
+        finally:
+            for h in handles:
+                h.remove()
+        tiny.zero_grad(set_to_none=True)
+        return order
+
+    with_frames = hook_order(lambda: tiny.lm_loss(ids, mask, labels, batch["pixel_values"]))
+    without = hook_order(lambda: tiny.lm_loss(text_ids, None, text_ids))
+    assert len(with_frames) == len(names) and without == with_frames
+    for module in (tiny.vision_tower, tiny.dts):
+        module.requires_grad_(False)
+    with torch.no_grad():
+        tokens = tiny.synthesize_groups(batch["pixel_values"])
+    cached = hook_order(lambda: tiny.lm_loss(ids, mask, labels, group_tokens=tokens))
+    assert "projector.0.weight" in cached and "llm.model.embed_tokens.weight" in cached
+    assert hook_order(lambda: tiny.lm_loss(text_ids, None, text_ids)) == cached
+
+
 def test_visual_content_changes_logits(tiny: VideoXL2ForCausalLM) -> None:
     batch = make_batch(tiny.config)
     tiny.eval()

@@ -295,9 +295,10 @@ def test_packing_loader_is_deterministic_and_resumes_exactly(tmp_path: Path, tok
 
 
 @pytest.mark.slow
-def test_packed_and_unpacked_on_two_ranks_equal_the_single_pass(tmp_path: Path) -> None:
-    """DeepSpeed ZeRO-2, 2 ranks x 2 accumulated micro-batches of unequal sizes, unpacked and packed: loss and
-    gradients equal the token mean of all samples in one plain pass."""
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_packed_and_unpacked_on_two_ranks_equal_the_single_pass(tmp_path: Path, zero_stage: int) -> None:
+    """DeepSpeed ZeRO-2 and 3, 2 ranks x 2 accumulated micro-batches of unequal sizes (one text only), unpacked and
+    packed: loss and gradients equal the token mean of all samples in one plain pass."""
     import subprocess
     import sys
 
@@ -305,7 +306,7 @@ def test_packed_and_unpacked_on_two_ranks_equal_the_single_pass(tmp_path: Path) 
 
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(REPO / "tests" / "packing_dp_worker.py"), str(out)]
+           str(REPO / "tests" / "packing_dp_worker.py"), str(out), str(zero_stage)]
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
