@@ -13,7 +13,9 @@ those the sample has alone. The LLM then needs per-sample boundaries in its atte
 A 2-D all-ones mask would let every sample attend to the ones before it.
 
 Per-sample visibility masks (``model.visibility``: chunked prefill, bi-level decoding) are composed
-block-diagonally with :func:`compose_block_diagonal` from the same masks computed on the samples alone.
+block-diagonally with :func:`compose_block_diagonal` from the same masks computed on the samples alone;
+under such a mask :data:`PACKED_SDPA` (and ``model.pooled_attention``'s SDPA) attend per diagonal block, one
+sample at a time (``model.block_attention``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .block_attention import blockwise_sdpa
 from .sequence import IGNORE_INDEX
 
 PACKED_SDPA = "videoxl2_packed_sdpa"
@@ -134,12 +137,14 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     """Attention of packed rows without a mask: causal SDPA per sample (a transformers attention function).
 
     query [B, H, L, D], key/value [B, H_kv, L, D], position_ids [B, L] restarting at 0 for every sample (and
-    for the padding after the last one). Returns ([B, L, H, D], None). With an `attention_mask` or without
-    `position_ids` it is transformers' SDPA attention unchanged.
+    for the padding after the last one). Returns ([B, L, H, D], None). With an `attention_mask` (per-sample
+    visibility, e.g. chunked prefill's) it is transformers' SDPA attention under that mask, run per diagonal
+    block of it (`model.block_attention`); without `position_ids`, transformers' SDPA attention unchanged.
     """
-    if attention_mask is not None or position_ids is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+    if attention_mask is not None:
+        return blockwise_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if position_ids is None:
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
     bsz, heads, length, _ = query.shape
     groups = heads // key.shape[1]
     pos = position_ids.expand(bsz, length)

@@ -4,7 +4,8 @@
 Given `pooling` [B, M, L] (from :func:`model.visibility.bilevel_visibility`) it appends
 `pooling @ K` and `pooling @ V` (post-RoPE, per layer, as bi-level decoding's compacted cache holds
 them) after the L sequence keys, then runs transformers' SDPA attention with the [B, 1, L, L + M]
-mask; without `pooling` it is that SDPA attention unchanged.
+mask, per diagonal block of the mask (`model.block_attention`: the samples of a packed row apart); without
+`pooling` it is that attention over the sequence's keys alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .block_attention import blockwise_sdpa
 
 POOLED_SDPA = "videoxl2_pooled_sdpa"
 
@@ -26,7 +28,7 @@ def pooled_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
         weights = pooling.to(key.dtype)[:, None]  # [B, 1, M, L] over key heads
         key = torch.cat([key, weights @ key], dim=2)
         value = torch.cat([value, weights @ value], dim=2)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return blockwise_sdpa(module, query, key, value, attention_mask, **kwargs)
 
 
 AttentionInterface.register(POOLED_SDPA, pooled_sdpa)

@@ -16,6 +16,7 @@ from data.loader import build_loader
 from data.packing import RowPacker, collate_packed
 from model import VideoXL2ForCausalLM, build_preset, load_tokenizer
 from model.packing import PACKED_SDPA, block_causal_mask, supervised_targets
+from model.pooled_attention import POOLED_SDPA
 from model.sequence import build_sequence
 from train.config import ChunkedAttentionConfig
 from train.engine import DistEnv
@@ -172,12 +173,19 @@ def summed_loss(module: TrainModule, batches: list[dict[str, Any]]) -> tuple[flo
     return loss_value, [p.grad.detach().clone() for p in module.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize(("chunked", "packed_sdpa"), [(False, False), (False, True), (True, True)])
-def test_packed_loss_and_gradients_equal_unpacked(samples: list[DecodedSample], cfg: Any,
-                                                  model: VideoXL2ForCausalLM, chunked: bool, packed_sdpa: bool) -> None:
-    visibility = ChunkedAttentionConfig(fraction=1.0, chunk_groups=1, prev_chunks=0) if chunked else None
-    module = TrainModule(copy.deepcopy(model).train(), "lm", chunked_attention=visibility, packing=packed_sdpa)
-    assert (module.model.llm.config._attn_implementation == PACKED_SDPA) == packed_sdpa
+@pytest.mark.parametrize(("view", "packing", "impl"), [("causal", False, "sdpa"), ("causal", True, PACKED_SDPA),
+                                                      ("chunked", True, PACKED_SDPA), ("bilevel", True, POOLED_SDPA)])
+def test_packed_loss_and_gradients_equal_unpacked(samples: list[DecodedSample], cfg: Any, model: VideoXL2ForCausalLM,
+                                                  view: str, packing: bool, impl: str) -> None:
+    """Packed rows train as the samples do alone: causal, under chunked prefill's view, and under bi-level
+    decoding's (pooled entries; top_k 0, so no random dense chunk), the masked views attending per sample
+    (model/block_attention.py)."""
+    visibility = {"causal": None,
+                  "chunked": ChunkedAttentionConfig(fraction=1.0, chunk_groups=1, prev_chunks=0),
+                  "bilevel": ChunkedAttentionConfig(fraction=1.0, chunk_groups=1, prev_chunks=0, bilevel_fraction=1.0,
+                                                    top_k=0, kv_pool=4)}[view]
+    module = TrainModule(copy.deepcopy(model).train(), "lm", chunked_attention=visibility, packing=packing)
+    assert module.model.llm.config._attn_implementation == impl
     pad = cfg.text_config.pad_token_id
     unpacked = [collate([s], pad, cfg.image_size) for s in samples]
     whole = [collate(samples, pad, cfg.image_size)]
