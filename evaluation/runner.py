@@ -57,12 +57,14 @@ VIDEO_ERRORS: tuple[type[BaseException], ...] = (SampleFault, RuntimeError, Valu
 # ------------------------------------------------------------------------------------ data
 @dataclass
 class LoadedSamples:
-    """The samples to evaluate (task-filtered, `limit` applied), what the reader excluded, and how many
-    samples of the task were read before `limit`."""
+    """The samples to evaluate (task-filtered, `limit` applied), what the reader excluded, how many
+    samples of the task were read before `limit`, and how many of other eval tasks the file held (the
+    reader yields eval samples only: a shard's training-only samples, e.g. captions, are not among them)."""
 
     samples: list[EvalSample]
     excluded: list[Exclusion] = field(default_factory=list)
     read: int = 0
+    other_tasks: int = 0
 
 
 def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
@@ -84,6 +86,7 @@ def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
         raise AnnotationError(cfg.data, f"sample {missing[0].sample_id}", "video",
                               f"no video at {missing[0].video} ({len(missing)} missing; strict=true)")
     tasks = sorted({s.task for s in samples})
+    n_all = len(samples)
     samples = [s for s in samples if s.task == cfg.task]
     n_read = len(samples)
     if cfg.limit is not None:
@@ -95,7 +98,7 @@ def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
             why.append(f"the file's tasks are {tasks}")
         detail = f": {', '.join(why)}" if why else ""
         raise AnnotationError(cfg.data, None, None, f"no '{cfg.task}' samples (format={fmt}){detail}")
-    return LoadedSamples(samples, excluded, n_read)
+    return LoadedSamples(samples, excluded, n_read, n_all - n_read)
 
 
 def _count_reasons(excluded: list[Exclusion]) -> str:
@@ -297,7 +300,8 @@ def write_outputs(records: list[dict[str, Any]], settings: dict[str, Any], out: 
     with predictions.open("w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec) + "\n")
-    report = exclusion_report(loaded.excluded if loaded else [], records, loaded.read if loaded else None)
+    report = exclusion_report(loaded.excluded if loaded else [], records, loaded.read if loaded else None,
+                              loaded.other_tasks if loaded else 0)
     metrics = {"metrics": summarize(records, edges, benchmark),
                "protocol": protocol.as_dict() if protocol else None, **report,
                "settings": {k: v for k, v in settings.items() if k != "sample_order"},

@@ -216,14 +216,16 @@ def _label(value: Any) -> str:
 
 
 def exclusion_report(excluded: Sequence[Any], records: Sequence[Mapping[str, Any]],
-                     samples_read: int | None = None) -> dict[str, Any]:
+                     samples_read: int | None = None, other_tasks: int = 0) -> dict[str, Any]:
     """What was not scored or failed, and the denominators.
 
     `excluded`: the reader's `Exclusion` objects (``sample_id``, ``reason``, ``detail``); `records`: the
-    scored prediction records. Returns ``excluded`` (list of {id, reason, detail}), ``failed`` (records
-    with an ``error``: missing or unreadable video, scored wrong; list of {id, error}) and
-    ``denominators``: rows read = samples read (default: the records) + excluded; every metric divides
-    by ``scored`` (failed included; fewer than the samples read only under ``limit``).
+    scored prediction records; `samples_read`: the bench task's samples read (default: the records);
+    `other_tasks`: samples of other tasks read from the same file and not evaluated by this bench. Returns
+    ``excluded`` (list of {id, reason, detail}), ``failed`` (records with an ``error``: missing or unreadable
+    video, scored wrong; list of {id, error}) and ``denominators``: rows read = the task's samples read + the
+    other tasks' samples + excluded; every metric divides by ``scored`` (failed included; fewer than the
+    task's samples read only under ``limit``).
     """
     failed = [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")]
     rows = [{"id": e.sample_id, "reason": e.reason, "detail": e.detail} for e in excluded]
@@ -231,6 +233,7 @@ def exclusion_report(excluded: Sequence[Any], records: Sequence[Mapping[str, Any
     for e in rows:
         reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
     return {"excluded": rows, "failed": failed,
-            "denominators": {"rows_read": (len(records) if samples_read is None else samples_read) + len(rows), "excluded": len(rows),
+            "denominators": {"rows_read": (len(records) if samples_read is None else samples_read) + other_tasks + len(rows),
+                             "other_tasks": other_tasks, "excluded": len(rows),
                              "excluded_by_reason": dict(sorted(reasons.items())), "scored": len(records),
                              "failed": len(failed)}}

@@ -198,6 +198,10 @@ def test_end_to_end_mcq(eval_data: dict[str, Path], tmp_path: Path, prefill: str
     assert (s["prefill"], s["decode"], s["setting"]["frames_upbound"], s["bench"]["task"]) == (prefill, decode, 32, "mcq")
     assert metrics["protocol"]["name"] == "official" and metrics["protocol"]["extraction"] == "project.parse_choice"
     assert metrics["excluded"] == [] and metrics["denominators"]["scored"] == len(mcq_ids)
+    # the test shards hold every task's samples: those of the other eval tasks are read and counted apart (the
+    # training-only ones, captions, are no eval samples)
+    den, evaluated = metrics["denominators"], [r for r in truth.values() if r["task"] in ("mcq", "grounding", "needle")]
+    assert den["other_tasks"] == len(evaluated) - len(mcq_ids) > 0 and den["rows_read"] == len(evaluated)
     assert s["setting"]["inference"]["chunk_groups"] == 1 and "Answer with" in s["bench"]["template"]
     if prefill == "chunked":  # >= 5 groups in 1-group chunks seeing 1 previous chunk; top-1 + first + last dense
         assert all(d < 1.0 for d in density)

@@ -166,6 +166,9 @@ def test_exclusion_report_lists_rows_and_denominators() -> None:
     assert [e["id"] for e in rep["excluded"]] == ["c", "d", "e"]
     assert rep["excluded"][0] == {"id": "c", "reason": "answer_not_in_candidates", "detail": "answer 'x'"}
     assert rep["failed"] == [{"id": "b", "error": "FileNotFoundError: video not found: x.mp4"}]
-    assert rep["denominators"] == {"rows_read": 5, "excluded": 3, "scored": 2, "failed": 1,
+    assert rep["denominators"] == {"rows_read": 5, "other_tasks": 0, "excluded": 3, "scored": 2, "failed": 1,
                                    "excluded_by_reason": {"answer_not_in_candidates": 2, "no_answer": 1}}
     assert exclusion_report([], recs, samples_read=10)["denominators"]["rows_read"] == 10
+    # a file of several tasks: the other tasks' samples were read too, and are counted apart
+    mixed = exclusion_report(excl, recs, samples_read=10, other_tasks=7)["denominators"]
+    assert (mixed["rows_read"], mixed["other_tasks"], mixed["scored"]) == (20, 7, 2)
