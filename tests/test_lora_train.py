@@ -2,7 +2,8 @@
 equals the same run SIGKILLed after a checkpoint and resumed with resume=auto (per-step losses and both
 exports bit for bit); the export is whole, loads strictly, and equals DeepSpeed's own consolidation of
 the final checkpoint (the live weights); frozen weights equal init_from's; metrics report the counts.
-Alongside: a ZeRO-2 (bf16) LoRA run with the frozen-feature cache and activation checkpointing."""
+Alongside: a ZeRO-2 (bf16) LoRA run with the frozen-feature cache and activation checkpointing. Under
+ZeRO-2 (fp32): a run resumed from another run's checkpoint continues it bit for bit."""
 
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ R, ALPHA = 4, 12.0
 pytestmark = pytest.mark.slow
 
 
-def train_cmd(synth: Path, base: Path, root: Path, *extra: str) -> list[str]:
+def train_cmd(synth: Path, base: Path, root: Path, *extra: str, zero: int = 3) -> list[str]:
     return [sys.executable, "-m", "train", "stage=finetune", "model=tiny", "data=synth", f"data.root={synth}",
             "preset=tiny", f"stage.init_from={base}", "stage.data.train=null", "stage.frames_upbound=8",
             f"stage.lora.r={R}", f"stage.lora.alpha={ALPHA}", "stage.lora.modules=[vision_tower,llm]",
             "stage.trainable=[vision_tower,projector,llm]", "+stage.lr.vision_tower=1e-3",
-            f"output_root={root}", "deepspeed=zero3", "deepspeed.precision=fp32", f"loop.max_steps={TOTAL}",
+            f"output_root={root}", f"deepspeed=zero{zero}", "deepspeed.precision=fp32", f"loop.max_steps={TOTAL}",
             "loop.micro_batch_size=2", "loop.loader_workers=0", "checkpoint.every_steps=1",
             "checkpoint.keep_last_k=100", "logging.tqdm=false", *extra]
 
@@ -131,3 +132,25 @@ def test_zero3_lora_resume_is_exact_and_export_is_whole(synth: Path, tmp_path: P
     assert len(exported) == 2 * 7 * cfg.text_config.num_hidden_layers  # LLM only (the default)
     assert all(v.numel() > 0 for v in exported.values())
     assert not any("lora_" in k for k in load_file(str(stage2 / "export" / "model.safetensors")))
+
+
+def test_zero2_lora_resume_from_a_checkpoint_is_exact(synth: Path, tmp_path: Path) -> None:
+    """ZeRO-2 keeps the LoRA adapters' and the trained modules' optimizer state in its own partitions: a run
+    resumed from step 2 of another continues it bit for bit (losses of the later steps, the exported adapter)."""
+    base = save_base(tmp_path / "base", seed=22)
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    env = subprocess_env(WANDB_MODE="disabled")
+    first = subprocess.run(train_cmd(synth, base, ref, zero=2), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    checkpoint = ref / "finetune" / "checkpoints" / f"step-{2:08d}"
+    second = subprocess.run(train_cmd(synth, base, resumed, f"checkpoint.resume={checkpoint}", zero=2), cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    expect, got = last_losses(ref / "finetune"), last_losses(resumed / "finetune")
+    assert sorted(expect) == list(range(1, TOTAL + 1)) and sorted(got) == list(range(3, TOTAL + 1))
+    assert all(got[k] == expect[k] for k in got)  # bit-identical fp32 losses
+    for name in ("adapter/adapter_model.safetensors", "adapter/trained_parts.safetensors"):
+        a = load_file(str(ref / "finetune" / "export" / name))
+        b = load_file(str(resumed / "finetune" / "export" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
