@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-__all__ = ["blockwise_sdpa", "diagonal_blocks"]
+__all__ = ["block_plan", "blockwise_sdpa", "diagonal_blocks"]
 
 MIN_BLOCK = 32  # tokens: a shorter range joins the next one (one SDPA call per range costs ~0.1 ms on CPU)
 
@@ -52,33 +52,54 @@ def diagonal_blocks(mask: torch.Tensor, length: int, min_block: int = MIN_BLOCK)
     return out
 
 
+def block_plan(attention_mask: torch.Tensor) -> list[list[tuple[int, int, torch.Tensor | None]]]:
+    """Per row of a BoolTensor[B, 1, L, L + M] mask, its diagonal blocks (`diagonal_blocks`) as ``(start, end,
+    key columns)``: None when the block's queries see only keys ``start .. end``, else the LongTensor of those
+    keys followed by the extra columns (>= L) its queries see. The mask is the same in every layer, so a
+    forward computes this once (`VideoXL2ForCausalLM.lm_loss`) and every layer's `blockwise_sdpa` reads it.
+    Raises ValueError as `diagonal_blocks` does.
+    """
+    length = attention_mask.shape[2]
+    blocks = diagonal_blocks(attention_mask[:, 0], length)
+    if all(len(row) == 1 for row in blocks) or attention_mask.shape[3] == length:
+        return [[(a, e, None) for a, e in row] for row in blocks]
+    plan = []
+    for b, row in enumerate(blocks):
+        entries = []
+        for a, e in row:  # the extra columns this range's queries see, after its own keys
+            seen = attention_mask[b, 0, a:e, length:].any(0).nonzero().flatten() + length
+            entries.append((a, e, torch.cat([torch.arange(a, e, device=seen.device), seen])))
+        plan.append(entries)
+    return plan
+
+
 def blockwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+                   attention_mask: torch.Tensor | None,
+                   attention_blocks: list[list[tuple[int, int, torch.Tensor | None]]] | None = None,
+                   **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention (``sdpa_attention_forward``) run per diagonal block of a boolean mask.
 
-    query [B, H, L, D], key/value [B, H_kv, L + M, D], attention_mask BoolTensor[B, 1, L, L + M]. Returns
-    ([B, L, H, D], None), equal to the whole-row call up to float round-off. Without a 4-D boolean mask, or
-    when no row splits, it is the whole-row call.
+    query [B, H, L, D], key/value [B, H_kv, L + M, D], attention_mask BoolTensor[B, 1, L, L + M];
+    `attention_blocks`: the mask's `block_plan`, computed here when not given. Returns ([B, L, H, D], None),
+    equal to the whole-row call up to float round-off. Without a 4-D boolean mask, or when no row splits, it
+    is the whole-row call.
     """
     length = query.shape[2]
     if attention_mask is None or attention_mask.dim() != 4 or attention_mask.dtype != torch.bool \
             or attention_mask.shape[1] != 1 or attention_mask.shape[2] != length:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    blocks = diagonal_blocks(attention_mask[:, 0], length)
-    if all(len(row) == 1 for row in blocks):
+    plan = block_plan(attention_mask) if attention_blocks is None else attention_blocks
+    if all(len(row) == 1 for row in plan):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    extra_cols = attention_mask.shape[3] > length
     rows = []
-    for b, row in enumerate(blocks):
+    for b, row in enumerate(plan):
         pieces = []
-        for a, e in row:
+        for a, e, cols in row:
             mask, k, v = attention_mask[b:b + 1, :, a:e], key[b:b + 1], value[b:b + 1]
-            if extra_cols:  # the extra columns this range's queries see, after its own keys
-                cols = torch.cat([torch.arange(a, e, device=mask.device),
-                                  mask[0, 0, :, length:].any(0).nonzero().flatten() + length])
-                mask, k, v = mask[..., cols], k[:, :, cols], v[:, :, cols]
-            else:
+            if cols is None:
                 mask, k, v = mask[..., a:e], k[:, :, a:e], v[:, :, a:e]
+            else:
+                mask, k, v = mask[..., cols], k[:, :, cols], v[:, :, cols]
             out, _ = sdpa_attention_forward(module, query[b:b + 1, :, a:e], k, v, mask, **kwargs)
             pieces.append(out)  # [1, e - a, H, D]
         rows.append(torch.cat(pieces, dim=1))

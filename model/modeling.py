@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import (
@@ -16,8 +18,10 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .block_attention import block_plan
 from .config import VideoXL2Config
 from .dts import DTS, RelativePositionTable, TemporalAttention, group_frames
+from .packing import PACKED_SDPA
 from .pooled_attention import POOLED_SDPA
 from .projector import build_projector, pool_grid
 from .sequence import IGNORE_INDEX
@@ -217,12 +221,16 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"reduction: 'mean' or 'sum', got {reduction!r}")
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        extra: dict[str, torch.Tensor] = {}
+        extra: dict[str, Any] = {}
+        impl = self.llm.config._attn_implementation
         if pooling is not None:
-            if self.llm.config._attn_implementation != POOLED_SDPA:
-                raise ValueError(f"pooling: the LLM attends with {self.llm.config._attn_implementation!r}, which "
+            if impl != POOLED_SDPA:
+                raise ValueError(f"pooling: the LLM attends with {impl!r}, which "
                                  f"ignores pooled entries; call llm.set_attn_implementation({POOLED_SDPA!r})")
             extra["pooling"] = pooling
+        if impl in (POOLED_SDPA, PACKED_SDPA) and attention_mask is not None and attention_mask.dim() == 4 \
+                and attention_mask.shape[1] == 1 and attention_mask.dtype == torch.bool:
+            extra["attention_blocks"] = block_plan(attention_mask)  # once for every layer (blockwise_sdpa)
         embeds = self._video_embeds(input_ids, pixel_values, group_tokens)
         hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False, **extra).last_hidden_state
