@@ -43,4 +43,4 @@ class FrozenFeatureCache(ContentMemo):
         for key, tokens in fresh.items():
             if not self.put(key, tokens.clone()):
                 break
-        return torch.stack([self._store[k] if k in self else fresh[k] for k in keys])
+        return torch.stack([fresh[k] if k in fresh else self.get(k) for k in keys])
