@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from test_model import make_batch
+from test_packing import make_sample, pack, tensors
 
-from model import VideoXL2ForCausalLM, build_preset
+from data.collate import collate
+from model import VideoXL2ForCausalLM, build_preset, load_tokenizer
 from train.config import PositionSkipConfig
 from train.objectives import TrainModule
-from train.position_skip import skipped_positions
+from train.position_skip import skipped_packed_positions, skipped_positions, split_points
 
 
 def jumps(row: torch.Tensor) -> list[tuple[int, int]]:
@@ -97,3 +99,131 @@ def test_the_llm_reads_the_skipped_positions() -> None:
                                model.lm_loss(ids, mask, labels, px, position_ids=drawn))
     module.eval()
     torch.testing.assert_close(module(ids, mask, labels, px), base)
+
+
+def packed_layout(lengths_per_row: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """position_ids and segment_ids [R, width] of rows packed with samples of these lengths (data/packing.py's
+    layout: positions restart per sample and again over the padding, segment -1 on padding)."""
+    pos = torch.zeros(len(lengths_per_row), width, dtype=torch.long)
+    seg = torch.full((len(lengths_per_row), width), -1, dtype=torch.long)
+    for r, lengths in enumerate(lengths_per_row):
+        at = 0
+        for j, n in enumerate(lengths):
+            pos[r, at:at + n], seg[r, at:at + n] = torch.arange(n), j
+            at += n
+        pos[r, at:] = torch.arange(width - at)
+    return pos, seg
+
+
+def test_every_picked_packed_sample_jumps_once_on_its_own() -> None:
+    pos, seg = packed_layout([[5, 7, 3], [12], [1, 9]], width=17)
+    torch.manual_seed(0)
+    moved = skipped_packed_positions(pos, seg, 1.0, 40)
+    assert moved.dtype == torch.long and moved.shape == pos.shape
+    assert torch.equal(moved[seg < 0], pos[seg < 0])  # the padding keeps its positions
+    jumped = 0
+    for r in range(seg.shape[0]):
+        for j in seg[r].unique().tolist():
+            if j < 0:
+                continue
+            mine, before = moved[r, seg[r] == j], pos[r, seg[r] == j]
+            assert int(mine[0]) == 0 and int(mine.max()) < 40  # still starts its sample, below max_position
+            found = jumps(mine)
+            assert len(found) <= 1
+            if before.numel() == 1:
+                assert torch.equal(mine, before)  # a one-token sample has nowhere to split
+            if found:
+                assert 1 <= found[0][0] < mine.numel() and found[0][1] <= 1 + 40 - mine.numel()
+                jumped += 1
+    assert jumped >= 4
+    torch.manual_seed(0)
+    assert torch.equal(skipped_packed_positions(pos, seg, 0.0, 40), pos)
+
+
+def test_one_sample_per_row_draws_as_the_unpacked_rows() -> None:
+    """A packed row holding one sample and no padding is an unpacked row: the same seed, the same positions."""
+    pos, seg = packed_layout([[30]] * 50, width=30)
+    for fraction in (0.4, 1.0):
+        torch.manual_seed(9)
+        packed = skipped_packed_positions(pos, seg, fraction, 300)
+        after = torch.rand(1)
+        torch.manual_seed(9)
+        alone = skipped_positions(torch.ones(50, 30, dtype=torch.long), fraction, 300)
+        assert alone is not None and torch.equal(packed, alone)
+        assert torch.equal(torch.rand(1), after)  # three draws per sample in both
+
+
+def test_packed_bad_arguments_are_named() -> None:
+    pos, seg = packed_layout([[3, 2]], width=6)
+    with pytest.raises(ValueError, match="fraction"):
+        skipped_packed_positions(pos, seg, -0.5, 10)
+    with pytest.raises(ValueError, match="max_position"):
+        skipped_packed_positions(pos, seg, 0.5, 0)
+    with pytest.raises(ValueError, match="one shape"):
+        skipped_packed_positions(pos, seg[:, :4], 0.5, 10)
+
+
+def test_a_packed_row_trains_each_sample_at_its_skipped_positions() -> None:
+    """With packing, the loss of a packed row under position_skip is the sum of its samples' losses alone at
+    the positions drawn for each; validation (eval mode) reads the packed row's own positions."""
+    cfg, tok = build_preset("tiny"), load_tokenizer("tiny")
+    samples = [make_sample(tok, cfg, i, groups) for i, groups in enumerate([2, 1, 3])]
+    batch = tensors(pack(samples, cfg, max_tokens=sum(int(s.input_ids.numel()) for s in samples), rows=1)[0])
+    assert batch["input_ids"].shape[0] == 1
+    torch.manual_seed(0)
+    module = TrainModule(VideoXL2ForCausalLM(cfg).train(), "lm", packing=True,
+                         position_skip=PositionSkipConfig(fraction=1.0, max_position=2048))
+    torch.manual_seed(4)
+    drawn = skipped_packed_positions(batch["position_ids"], batch["segment_ids"], 1.0, 2048)
+    assert not torch.equal(drawn, batch["position_ids"])
+    torch.manual_seed(4)
+    packed = module(**batch, reduction="sum")
+    alone = torch.zeros(())
+    pad = cfg.text_config.pad_token_id
+    for j, sample in enumerate(samples):
+        one = collate([sample], pad, cfg.image_size)
+        positions = drawn[0, batch["segment_ids"][0] == j][None]
+        alone = alone + module.model.lm_loss(one["input_ids"], one["attention_mask"], one["labels"],
+                                             one["pixel_values"], position_ids=positions, reduction="sum")
+    torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-5)
+    module.eval()
+    plain = module(**batch, reduction="sum")
+    assert (plain - packed).abs() > 1e-4
+    torch.manual_seed(4)
+    torch.testing.assert_close(module(**batch, reduction="sum"), plain)  # no draw in eval mode
+
+
+def test_split_points_are_tokens_or_group_boundaries() -> None:
+    assert split_points(5).tolist() == [1, 2, 3, 4]
+    # prefix, group 0 (timestamp + visual), group 1, question and answer
+    groups = torch.tensor([-1, -1, 0, 0, 0, 1, 1, 1, -1, -1])
+    assert split_points(10, groups).tolist() == [2, 5, 8]
+    assert split_points(4, torch.full((4,), -1)).tolist() == []  # no video: nowhere to split
+    assert split_points(10, groups, "video").tolist() == [8]
+    assert split_points(10, groups, "token").tolist() == list(range(1, 10))
+    assert split_points(3, torch.tensor([-1, 0, 0]), "video").tolist() == []  # nothing after the video
+    with pytest.raises(ValueError, match="split"):
+        split_points(10, groups, "frame")
+    with pytest.raises(ValueError, match="group_index"):
+        split_points(3, groups)
+
+
+def test_group_split_jumps_only_between_groups() -> None:
+    """With the group index, every jump starts at a group's first token or just after the video, in unpacked
+    rows and in each packed sample; a sample without video keeps its positions."""
+    one = [-1, -1, 0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1, -1]  # 14 tokens, boundaries 2, 5, 8, 11
+    torch.manual_seed(3)
+    rows = torch.tensor([one] * 40)
+    pos = skipped_positions(torch.ones(40, 14, dtype=torch.long), 1.0, 200, rows)
+    assert pos is not None
+    starts = {jumps(pos[b])[0][0] for b in range(40) if jumps(pos[b])}
+    assert starts == {2, 5, 8, 11}
+    text = [-1] * 6
+    ppos, pseg = packed_layout([[14, 6]] * 30, width=20)
+    pgroups = torch.tensor([one + text] * 30)
+    moved = skipped_packed_positions(ppos, pseg, 1.0, 200, pgroups)
+    assert torch.equal(moved[:, 14:], ppos[:, 14:])  # the text-only sample
+    assert {jumps(moved[r, :14])[0][0] for r in range(30) if jumps(moved[r, :14])} == {2, 5, 8, 11}
+    torch.manual_seed(3)
+    ends = skipped_positions(torch.ones(40, 14, dtype=torch.long), 1.0, 200, rows, split="video")
+    assert ends is not None and {jumps(ends[b])[0][0] for b in range(40) if jumps(ends[b])} == {11}

@@ -96,10 +96,13 @@ class PositionSkipConfig:
     """Train a `fraction` of the samples (drawn per sample and step) with rotary positions that jump once, at
     a random token, by a random amount that keeps every position below `max_position` (train/position_skip.py,
     Zhu et al., 2023, "PoSE"): short samples then train the relative distances of prompts up to
-    `max_position` tokens. 0 (default): positions 0 .. L-1."""
+    `max_position` tokens. 0 (default): positions 0 .. L-1. `split`: where the jump may fall, "token" (any
+    token after the first, PoSE's rule), "group" (a group boundary or the end of the video, so a group's
+    timestamp and visual tokens stay adjacent) or "video" (the end of the video only)."""
 
     fraction: float = 0.0
     max_position: int = 4096
+    split: str = "token"
 
 
 @dataclass
@@ -428,11 +431,10 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("stage.position_skip.fraction", f"must be in [0, 1], got {skip.fraction}")
     if skip.max_position < 1:
         raise ConfigError("stage.position_skip.max_position", f"must be >= 1, got {skip.max_position}")
+    if skip.split not in ("token", "group", "video"):
+        raise ConfigError("stage.position_skip.split", f"must be 'token', 'group' or 'video', got {skip.split!r}")
     if skip.fraction and st.loss != "lm":
         raise ConfigError("stage.position_skip.fraction", f"applies to the lm loss, not {st.loss!r}")
-    if skip.fraction and run.loop.packing is not None:
-        raise ConfigError("stage.position_skip.fraction", "not with loop.packing (a packed row's positions restart "
-                          "at every sample)")
     if skip.fraction and run.loop.sequence_parallel > 1:
         raise ConfigError("stage.position_skip.fraction", "not with loop.sequence_parallel > 1 (each rank draws its "
                           "own positions, and the ranks sharing a sequence must agree on them)")

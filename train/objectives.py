@@ -24,7 +24,7 @@ from model.vision import resample_grid, siglip_features
 from train import sequence_parallel
 from train.config import ChunkedAttentionConfig, MaskingConfig, PositionSkipConfig
 from train.feature_cache import FrozenFeatureCache
-from train.position_skip import skipped_positions
+from train.position_skip import skipped_packed_positions, skipped_positions
 
 
 class DTSDecoder(nn.Module):
@@ -135,20 +135,25 @@ class TrainModule(nn.Module):
                 segment_ids: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """The stage's loss of one micro-batch. Packed rows (data/packing.py) come with `segment_ids` and
         `position_ids` [B, L] and attend within each sample only (`packed_visibility`). In training, with
-        `position_skip`, a drawn share of the unpacked rows get rotary positions that jump once
-        (train/position_skip.py). `reduction="sum"`: the lm loss summed over supervised tokens (the DTS loss
+        `position_skip`, a drawn share of the unpacked rows, or of a packed row's samples, get rotary
+        positions that jump once (train/position_skip.py). `reduction="sum"`: the lm loss summed over supervised tokens (the DTS loss
         is always its micro-batch mean)."""
         if self.loss_name == "lm":
             if segment_ids is not None:
                 if position_ids is None:
                     raise ValueError("segment_ids: packed rows need position_ids restarting per sample")
                 attention_mask, pooling = self.packed_visibility(segment_ids, token_kind, group_index)
+                skip = self.position_skip
+                if skip is not None and skip.fraction > 0 and self.training:
+                    position_ids = skipped_packed_positions(position_ids, segment_ids, skip.fraction, skip.max_position,
+                                                            self.split_groups(group_index), skip.split)
             else:
                 padding = attention_mask
                 attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
                 skip = self.position_skip
                 if skip is not None and self.training and position_ids is None:
-                    position_ids = skipped_positions(padding, skip.fraction, skip.max_position)
+                    position_ids = skipped_positions(padding, skip.fraction, skip.max_position,
+                                                     self.split_groups(group_index), skip.split)
             lm_loss: Any = self.model.lm_loss
             extra: dict[str, Any] = {"reduction": reduction, "position_ids": position_ids}
             if self.sequence_parallel is not None:  # pooling (bi-level) is refused with it (config)
@@ -160,6 +165,17 @@ class TrainModule(nn.Module):
                 return lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, **extra)
             return lm_loss(input_ids, attention_mask, labels, pixel_values, **extra)
         return self.dts_reconstruction(pixel_values)
+
+    def split_groups(self, group_index: torch.Tensor | None) -> torch.Tensor | None:
+        """The group index [B, L] position skip splits on (None: any token), per `position_skip.split`.
+
+        Raises ValueError when the split is on groups and the batch has no group_index."""
+        if self.position_skip is None or self.position_skip.split == "token":
+            return None
+        if group_index is None:
+            raise ValueError(f"position_skip.split: {self.position_skip.split!r} needs the batch's group_index "
+                             "(data.collate adds it)")
+        return group_index
 
     def packed_visibility(self, segment_ids: torch.Tensor, token_kind: torch.Tensor | None,
                           group_index: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
