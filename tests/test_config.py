@@ -103,6 +103,7 @@ BAD = [
     (["stage=long", "+stage.position_skip={fraction: 0.5, max_position: 0}"], "stage.position_skip.max_position"),
     (["stage=dts", "+stage.position_skip.fraction=0.5"], "stage.position_skip.fraction"),
     (["stage=long", "+stage.position_skip={fraction: 0.5, split: frame}"], "stage.position_skip.split"),
+    (["stage=long", "+stage.position_skip={fraction: 0.5, tasks: []}"], "stage.position_skip.tasks"),
     (["stage=long", "+stage.position_skip.fraction=0.5", "loop.sequence_parallel=2"],
      "stage.position_skip.fraction"),
 ]

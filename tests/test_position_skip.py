@@ -227,3 +227,41 @@ def test_group_split_jumps_only_between_groups() -> None:
     torch.manual_seed(3)
     ends = skipped_positions(torch.ones(40, 14, dtype=torch.long), 1.0, 200, rows, split="video")
     assert ends is not None and {jumps(ends[b])[0][0] for b in range(40) if jumps(ends[b])} == {11}
+
+
+def test_only_eligible_samples_jump_and_the_draws_stay_three_per_sample() -> None:
+    eligible = torch.tensor([True, False] * 20)
+    torch.manual_seed(2)
+    pos = skipped_positions(torch.ones(40, 16, dtype=torch.long), 1.0, 300, eligible=eligible)
+    after = torch.rand(1)
+    assert pos is not None
+    assert all(torch.equal(pos[b], torch.arange(16)) for b in range(1, 40, 2))
+    assert sum(bool(jumps(pos[b])) for b in range(0, 40, 2)) >= 18
+    torch.manual_seed(2)
+    torch.rand(120)
+    assert torch.equal(torch.rand(1), after)
+    ppos, pseg = packed_layout([[6, 10]] * 10, width=16)
+    moved = skipped_packed_positions(ppos, pseg, 1.0, 300, eligible=torch.tensor([False, True] * 10))
+    assert torch.equal(moved[:, :6], ppos[:, :6]) and not torch.equal(moved[:, 6:], ppos[:, 6:])
+    with pytest.raises(ValueError, match="eligible"):
+        skipped_packed_positions(ppos, pseg, 1.0, 300, eligible=torch.ones(3, dtype=torch.bool))
+
+
+def test_position_skip_tasks_pick_the_samples_by_task() -> None:
+    """`position_skip.tasks`: samples of other tasks keep their positions; the batch must name its tasks."""
+    cfg, tok = build_preset("tiny"), load_tokenizer("tiny")
+    samples = [make_sample(tok, cfg, i, groups) for i, groups in enumerate([2, 1, 3])]  # task "caption"
+    batch = tensors(pack(samples, cfg, max_tokens=sum(int(s.input_ids.numel()) for s in samples), rows=1)[0])
+    torch.manual_seed(0)
+    model = VideoXL2ForCausalLM(cfg).train()
+    plain = TrainModule(model, "lm", packing=True)(**batch, reduction="sum")
+    others = TrainModule(model, "lm", packing=True,
+                         position_skip=PositionSkipConfig(fraction=1.0, max_position=2048, tasks=["needle"]))
+    torch.manual_seed(4)
+    torch.testing.assert_close(others(**batch, reduction="sum", tasks=["caption"] * 3), plain)
+    mine = TrainModule(model, "lm", packing=True,
+                       position_skip=PositionSkipConfig(fraction=1.0, max_position=2048, tasks=["caption"]))
+    torch.manual_seed(4)
+    assert (mine(**batch, reduction="sum", tasks=["caption"] * 3) - plain).abs() > 1e-4
+    with pytest.raises(ValueError, match="position_skip.tasks"):
+        mine(**batch, reduction="sum")

@@ -98,11 +98,13 @@ class PositionSkipConfig:
     Zhu et al., 2023, "PoSE"): short samples then train the relative distances of prompts up to
     `max_position` tokens. 0 (default): positions 0 .. L-1. `split`: where the jump may fall, "token" (any
     token after the first, PoSE's rule), "group" (a group boundary or the end of the video, so a group's
-    timestamp and visual tokens stay adjacent) or "video" (the end of the video only)."""
+    timestamp and visual tokens stay adjacent) or "video" (the end of the video only). `tasks`: only samples
+    of these tasks may be drawn (null: every sample)."""
 
     fraction: float = 0.0
     max_position: int = 4096
     split: str = "token"
+    tasks: list[str] | None = None
 
 
 @dataclass
@@ -433,6 +435,8 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         raise ConfigError("stage.position_skip.max_position", f"must be >= 1, got {skip.max_position}")
     if skip.split not in ("token", "group", "video"):
         raise ConfigError("stage.position_skip.split", f"must be 'token', 'group' or 'video', got {skip.split!r}")
+    if skip.tasks is not None and (not skip.tasks or not all(isinstance(t, str) and t for t in skip.tasks)):
+        raise ConfigError("stage.position_skip.tasks", f"must be a non-empty list of task names or null, got {skip.tasks!r}")
     if skip.fraction and st.loss != "lm":
         raise ConfigError("stage.position_skip.fraction", f"applies to the lm loss, not {st.loss!r}")
     if skip.fraction and run.loop.sequence_parallel > 1:

@@ -132,7 +132,8 @@ class TrainModule(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 pixel_values: torch.Tensor, token_kind: torch.Tensor | None = None,
                 group_index: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+                segment_ids: torch.Tensor | None = None, reduction: str = "mean",
+                tasks: list[str] | None = None) -> torch.Tensor:
         """The stage's loss of one micro-batch. Packed rows (data/packing.py) come with `segment_ids` and
         `position_ids` [B, L] and attend within each sample only (`packed_visibility`). In training, with
         `position_skip`, a drawn share of the unpacked rows, or of a packed row's samples, get rotary
@@ -146,14 +147,16 @@ class TrainModule(nn.Module):
                 skip = self.position_skip
                 if skip is not None and skip.fraction > 0 and self.training:
                     position_ids = skipped_packed_positions(position_ids, segment_ids, skip.fraction, skip.max_position,
-                                                            self.split_groups(group_index), skip.split)
+                                                            self.split_groups(group_index), skip.split,
+                                                            self.skip_eligible(tasks))
             else:
                 padding = attention_mask
                 attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
                 skip = self.position_skip
                 if skip is not None and self.training and position_ids is None:
                     position_ids = skipped_positions(padding, skip.fraction, skip.max_position,
-                                                     self.split_groups(group_index), skip.split)
+                                                     self.split_groups(group_index), skip.split,
+                                                     self.skip_eligible(tasks))
             lm_loss: Any = self.model.lm_loss
             extra: dict[str, Any] = {"reduction": reduction, "position_ids": position_ids}
             if self.sequence_parallel is not None:  # pooling (bi-level) is refused with it (config)
@@ -165,6 +168,17 @@ class TrainModule(nn.Module):
                 return lm_loss(input_ids, attention_mask, labels, group_tokens=tokens, **extra)
             return lm_loss(input_ids, attention_mask, labels, pixel_values, **extra)
         return self.dts_reconstruction(pixel_values)
+
+    def skip_eligible(self, tasks: list[str] | None) -> torch.Tensor | None:
+        """One flag per sample of the batch (rows, or a packed batch's samples in packed order): may it be
+        drawn for position skip (its task is in `position_skip.tasks`)? None when every sample may.
+
+        Raises ValueError when `position_skip.tasks` is set and the batch does not name its samples' tasks."""
+        if self.position_skip is None or self.position_skip.tasks is None:
+            return None
+        if tasks is None:
+            raise ValueError("position_skip.tasks: the batch does not name its samples' tasks (data.collate's `tasks`)")
+        return torch.tensor([t in self.position_skip.tasks for t in tasks], dtype=torch.bool)
 
     def split_groups(self, group_index: torch.Tensor | None) -> torch.Tensor | None:
         """The group index [B, L] position skip splits on (None: any token), per `position_skip.split`.

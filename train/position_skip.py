@@ -63,6 +63,15 @@ def _check(fraction: float, max_position: int, split: str) -> None:
         raise ValueError(f"max_position: must be >= 1, got {max_position}")
 
 
+def _eligible(picked: torch.Tensor, eligible: torch.Tensor | None) -> torch.Tensor:
+    """``picked`` [N] limited to the ``eligible`` [N] rows or samples (all when None)."""
+    if eligible is None:
+        return picked
+    if eligible.shape != picked.shape:
+        raise ValueError(f"eligible: expected one flag per sample ({picked.numel()}), got {tuple(eligible.shape)}")
+    return picked & eligible.detach().to("cpu", torch.bool)
+
+
 def _split(tokens: torch.Tensor, split_u: float, group_index: torch.Tensor | None, split: str) -> int | None:
     """The row index where one sample's jump starts (``tokens``: its row indices, in order), or None."""
     points = split_points(tokens.numel(), None if group_index is None else group_index[tokens], split)
@@ -72,7 +81,8 @@ def _split(tokens: torch.Tensor, split_u: float, group_index: torch.Tensor | Non
 
 
 def skipped_positions(attention_mask: torch.Tensor, fraction: float, max_position: int,
-                      group_index: torch.Tensor | None = None, split: str = "group") -> torch.Tensor | None:
+                      group_index: torch.Tensor | None = None, split: str = "group",
+                      eligible: torch.Tensor | None = None) -> torch.Tensor | None:
     """Rotary positions [B, L] (int64) in which a drawn ``fraction`` of the rows jump once, or None when
     no row was drawn (the LLM's default ``0 .. L-1`` then applies to every row).
 
@@ -80,14 +90,15 @@ def skipped_positions(attention_mask: torch.Tensor, fraction: float, max_positio
     row's split index is drawn uniformly among its :func:`split_points` (every token after the first, or
     with ``group_index`` [B, L] those of ``split``: its group boundaries or its video's end), and its jump ``s`` uniformly from
     ``0 .. max_position - L`` (no jump when ``L >= max_position``), so no position reaches
-    ``max_position``. The draws use torch's global generator, three per row whatever is picked, so the
-    random stream does not depend on the batch's content.
+    ``max_position``. ``eligible`` [B] (bool, optional): only these rows may be picked. The draws use torch's
+    global generator, three per row whatever is picked, so the random stream does not depend on the batch's
+    content.
 
     Raises ValueError if ``fraction`` is outside [0, 1], ``max_position`` < 1 or ``split`` is unknown.
     """
     _check(fraction, max_position, split)
     bsz, length = attention_mask.shape
-    picked = torch.rand(bsz) < fraction
+    picked = _eligible(torch.rand(bsz) < fraction, eligible)
     split_u = torch.rand(bsz)
     skip_u = torch.rand(bsz)
     if not bool(picked.any()):
@@ -104,7 +115,7 @@ def skipped_positions(attention_mask: torch.Tensor, fraction: float, max_positio
 
 def skipped_packed_positions(position_ids: torch.Tensor, segment_ids: torch.Tensor, fraction: float,
                              max_position: int, group_index: torch.Tensor | None = None,
-                             split: str = "group") -> torch.Tensor:
+                             split: str = "group", eligible: torch.Tensor | None = None) -> torch.Tensor:
     """Rotary positions [B, L] (int64) of packed rows in which a drawn ``fraction`` of the samples jump once.
 
     ``position_ids`` [B, L]: restarting at 0 for every sample (data/packing.py); ``segment_ids`` [B, L]: the
@@ -112,8 +123,9 @@ def skipped_packed_positions(position_ids: torch.Tensor, segment_ids: torch.Tens
     Each sample of ``n`` tokens is treated as an unpacked row of that length in :func:`skipped_positions`:
     if drawn, every token of it from one of its :func:`split_points` on moves ``s`` further, ``s`` uniform in
     ``0 .. max_position - n``; it still starts at 0, so the samples' boundaries stay where the position ids
-    restart. Padding and undrawn samples keep their positions. Three draws of torch's global generator per
-    sample (in row order, then sample order), whatever is picked.
+    restart. Padding and undrawn samples keep their positions. ``eligible`` [S] (bool, optional, one per
+    sample in row order, then sample order): only these samples may be picked. Three draws of torch's global
+    generator per sample (in that order), whatever is picked.
 
     Raises ValueError if ``fraction`` is outside [0, 1], ``max_position`` < 1, ``split`` is unknown or the
     shapes differ.
@@ -124,7 +136,7 @@ def skipped_packed_positions(position_ids: torch.Tensor, segment_ids: torch.Tens
                          "group_index must have one shape")
     segments = segment_ids.detach().to("cpu")
     samples = [(b, int(j)) for b in range(segments.shape[0]) for j in torch.unique(segments[b]).tolist() if j >= 0]
-    picked = torch.rand(len(samples)) < fraction
+    picked = _eligible(torch.rand(len(samples)) < fraction, eligible)
     split_u = torch.rand(len(samples))
     skip_u = torch.rand(len(samples))
     positions = position_ids.detach().to("cpu", torch.long).clone()

@@ -68,11 +68,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batch_tensors(batch: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
-    """The module's inputs on `dev`: ids, mask, labels, frames, and the token layout when the batch has it."""
+def _batch_tensors(batch: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    """The module's inputs: ids, mask, labels, frames, and the token layout when the batch has it, on `dev`;
+    the samples' task names (a list, in the batch's sample order) when the batch has them."""
     keys = ("input_ids", "attention_mask", "labels", "pixel_values", "token_kind", "group_index", "position_ids",
             "segment_ids")
-    return {k: batch[k].to(dev, non_blocking=True) for k in keys if k in batch}
+    inputs: dict[str, Any] = {k: batch[k].to(dev, non_blocking=True) for k in keys if k in batch}
+    if "tasks" in batch:
+        inputs["tasks"] = list(batch["tasks"])
+    return inputs
 
 
 class StepLoop:
