@@ -197,15 +197,15 @@ def test_split_points_are_tokens_or_group_boundaries() -> None:
     assert split_points(5).tolist() == [1, 2, 3, 4]
     # prefix, group 0 (timestamp + visual), group 1, question and answer
     groups = torch.tensor([-1, -1, 0, 0, 0, 1, 1, 1, -1, -1])
-    assert split_points(10, groups).tolist() == [2, 5, 8]
-    assert split_points(4, torch.full((4,), -1)).tolist() == []  # no video: nowhere to split
+    assert split_points(10, groups, "group").tolist() == [2, 5, 8]
+    assert split_points(4, torch.full((4,), -1), "group").tolist() == []  # no video: nowhere to split
     assert split_points(10, groups, "video").tolist() == [8]
     assert split_points(10, groups, "token").tolist() == list(range(1, 10))
     assert split_points(3, torch.tensor([-1, 0, 0]), "video").tolist() == []  # nothing after the video
     with pytest.raises(ValueError, match="split"):
         split_points(10, groups, "frame")
     with pytest.raises(ValueError, match="group_index"):
-        split_points(3, groups)
+        split_points(3, groups, "group")
 
 
 def test_group_split_jumps_only_between_groups() -> None:
@@ -214,14 +214,14 @@ def test_group_split_jumps_only_between_groups() -> None:
     one = [-1, -1, 0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1, -1]  # 14 tokens, boundaries 2, 5, 8, 11
     torch.manual_seed(3)
     rows = torch.tensor([one] * 40)
-    pos = skipped_positions(torch.ones(40, 14, dtype=torch.long), 1.0, 200, rows)
+    pos = skipped_positions(torch.ones(40, 14, dtype=torch.long), 1.0, 200, rows, split="group")
     assert pos is not None
     starts = {jumps(pos[b])[0][0] for b in range(40) if jumps(pos[b])}
     assert starts == {2, 5, 8, 11}
     text = [-1] * 6
     ppos, pseg = packed_layout([[14, 6]] * 30, width=20)
     pgroups = torch.tensor([one + text] * 30)
-    moved = skipped_packed_positions(ppos, pseg, 1.0, 200, pgroups)
+    moved = skipped_packed_positions(ppos, pseg, 1.0, 200, pgroups, split="group")
     assert torch.equal(moved[:, 14:], ppos[:, 14:])  # the text-only sample
     assert {jumps(moved[r, :14])[0][0] for r in range(30) if jumps(moved[r, :14])} == {2, 5, 8, 11}
     torch.manual_seed(3)

@@ -137,8 +137,9 @@ class TrainModule(nn.Module):
         """The stage's loss of one micro-batch. Packed rows (data/packing.py) come with `segment_ids` and
         `position_ids` [B, L] and attend within each sample only (`packed_visibility`). In training, with
         `position_skip`, a drawn share of the unpacked rows, or of a packed row's samples, get rotary
-        positions that jump once (train/position_skip.py). `reduction="sum"`: the lm loss summed over supervised tokens (the DTS loss
-        is always its micro-batch mean)."""
+        positions that jump once (train/position_skip.py); `tasks` (the samples' task names, in batch order)
+        serve its task filter. `reduction="sum"`: the lm loss summed over supervised tokens (the DTS loss is
+        always its micro-batch mean)."""
         if self.loss_name == "lm":
             if segment_ids is not None:
                 if position_ids is None:

@@ -29,13 +29,13 @@ __all__ = ["SPLITS", "skipped_packed_positions", "skipped_positions", "split_poi
 SPLITS = ("token", "group", "video")
 
 
-def split_points(length: int, group_index: torch.Tensor | None = None, split: str = "group") -> torch.Tensor:
+def split_points(length: int, group_index: torch.Tensor | None = None, split: str = "token") -> torch.Tensor:
     """Indices (int64, ascending) in a sample of ``length`` tokens where a jump may start.
 
-    Without ``group_index``: every token after the first, ``1 .. length - 1``. With ``group_index`` [length]
-    (the group of each timestamp / visual token, -1 elsewhere; model/sequence.py) and ``split="group"``: the
-    first token of every group and the first token after the last group; ``split="video"``: only the first
-    token after the last group. None when the sample has no video.
+    ``split="token"`` (or no ``group_index``): every token after the first, ``1 .. length - 1``. With
+    ``group_index`` [length] (the group of each timestamp / visual token, -1 elsewhere; model/sequence.py) and
+    ``split="group"``: the first token of every group and the first token after the last group;
+    ``split="video"``: only the first token after the last group. None when the sample has no video.
 
     Raises ValueError on a ``group_index`` of another length or an unknown ``split``.
     """
@@ -81,16 +81,16 @@ def _split(tokens: torch.Tensor, split_u: float, group_index: torch.Tensor | Non
 
 
 def skipped_positions(attention_mask: torch.Tensor, fraction: float, max_position: int,
-                      group_index: torch.Tensor | None = None, split: str = "group",
+                      group_index: torch.Tensor | None = None, split: str = "token",
                       eligible: torch.Tensor | None = None) -> torch.Tensor | None:
     """Rotary positions [B, L] (int64) in which a drawn ``fraction`` of the rows jump once, or None when
     no row was drawn (the LLM's default ``0 .. L-1`` then applies to every row).
 
     ``attention_mask`` [B, L]: 1 on tokens, 0 on padding. Unpicked rows get ``0 .. L-1`` exactly. A picked
-    row's split index is drawn uniformly among its :func:`split_points` (every token after the first, or
-    with ``group_index`` [B, L] those of ``split``: its group boundaries or its video's end), and its jump ``s`` uniformly from
-    ``0 .. max_position - L`` (no jump when ``L >= max_position``), so no position reaches
-    ``max_position``. ``eligible`` [B] (bool, optional): only these rows may be picked. The draws use torch's
+    row's split index is drawn uniformly among its :func:`split_points` (every token after the first, or with
+    ``group_index`` [B, L] those ``split`` names: its group boundaries or its video's end), and its jump
+    ``s`` uniformly from ``0 .. max_position - L`` (no jump when ``L >= max_position``), so no position
+    reaches ``max_position``. ``eligible`` [B] (bool, optional): only these rows may be picked. The draws use torch's
     global generator, three per row whatever is picked, so the random stream does not depend on the batch's
     content.
 
@@ -115,7 +115,7 @@ def skipped_positions(attention_mask: torch.Tensor, fraction: float, max_positio
 
 def skipped_packed_positions(position_ids: torch.Tensor, segment_ids: torch.Tensor, fraction: float,
                              max_position: int, group_index: torch.Tensor | None = None,
-                             split: str = "group", eligible: torch.Tensor | None = None) -> torch.Tensor:
+                             split: str = "token", eligible: torch.Tensor | None = None) -> torch.Tensor:
     """Rotary positions [B, L] (int64) of packed rows in which a drawn ``fraction`` of the samples jump once.
 
     ``position_ids`` [B, L]: restarting at 0 for every sample (data/packing.py); ``segment_ids`` [B, L]: the
