@@ -10,12 +10,12 @@ costs the sum of the ranges' squared lengths instead of the row's squared length
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-__all__ = ["block_plan", "blockwise_sdpa", "diagonal_blocks"]
+__all__ = ["block_plan", "blockwise_sdpa", "diagonal_blocks", "is_block_mask"]
 
 MIN_BLOCK = 32  # tokens: a shorter range joins the next one (one SDPA call per range costs ~0.1 ms on CPU)
 
@@ -52,6 +52,13 @@ def diagonal_blocks(mask: torch.Tensor, length: int, min_block: int = MIN_BLOCK)
     return out
 
 
+def is_block_mask(attention_mask: torch.Tensor | None, length: int | None = None) -> TypeGuard[torch.Tensor]:
+    """Whether `attention_mask` is the boolean [B, 1, L, L + M] visibility that `blockwise_sdpa` splits
+    (``length``: the queries' L, checked when given)."""
+    return attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool \
+        and attention_mask.shape[1] == 1 and (length is None or attention_mask.shape[2] == length)
+
+
 def block_plan(attention_mask: torch.Tensor) -> list[list[tuple[int, int, torch.Tensor | None]]]:
     """Per row of a BoolTensor[B, 1, L, L + M] mask, its diagonal blocks (`diagonal_blocks`) as ``(start, end,
     key columns)``: None when the block's queries see only keys ``start .. end``, else the LongTensor of those
@@ -85,8 +92,7 @@ def blockwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     is the whole-row call.
     """
     length = query.shape[2]
-    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.dtype != torch.bool \
-            or attention_mask.shape[1] != 1 or attention_mask.shape[2] != length:
+    if not is_block_mask(attention_mask, length):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     plan = block_plan(attention_mask) if attention_blocks is None else attention_blocks
     if all(len(row) == 1 for row in plan):

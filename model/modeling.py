@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .block_attention import block_plan
+from .block_attention import block_plan, is_block_mask
 from .config import VideoXL2Config
 from .dts import DTS, RelativePositionTable, TemporalAttention, group_frames
 from .packing import PACKED_SDPA
@@ -228,8 +228,7 @@ class VideoXL2ForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError(f"pooling: the LLM attends with {impl!r}, which "
                                  f"ignores pooled entries; call llm.set_attn_implementation({POOLED_SDPA!r})")
             extra["pooling"] = pooling
-        if impl in (POOLED_SDPA, PACKED_SDPA) and attention_mask is not None and attention_mask.dim() == 4 \
-                and attention_mask.shape[1] == 1 and attention_mask.dtype == torch.bool:
+        if impl in (POOLED_SDPA, PACKED_SDPA) and is_block_mask(attention_mask):
             extra["attention_blocks"] = block_plan(attention_mask)  # once for every layer (blockwise_sdpa)
         embeds = self._video_embeds(input_ids, pixel_values, group_tokens)
         hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,

@@ -145,19 +145,11 @@ class TrainModule(nn.Module):
                 if position_ids is None:
                     raise ValueError("segment_ids: packed rows need position_ids restarting per sample")
                 attention_mask, pooling = self.packed_visibility(segment_ids, token_kind, group_index)
-                skip = self.position_skip
-                if skip is not None and skip.fraction > 0 and self.training:
-                    position_ids = skipped_packed_positions(position_ids, segment_ids, skip.fraction, skip.max_position,
-                                                            self.split_groups(group_index), skip.split,
-                                                            self.skip_eligible(tasks))
+                position_ids = self.skip_positions(None, position_ids, segment_ids, group_index, tasks)
             else:
                 padding = attention_mask
                 attention_mask, pooling = self.visibility(attention_mask, token_kind, group_index)
-                skip = self.position_skip
-                if skip is not None and self.training and position_ids is None:
-                    position_ids = skipped_positions(padding, skip.fraction, skip.max_position,
-                                                     self.split_groups(group_index), skip.split,
-                                                     self.skip_eligible(tasks))
+                position_ids = self.skip_positions(padding, position_ids, None, group_index, tasks)
             lm_loss: Any = self.model.lm_loss
             extra: dict[str, Any] = {"reduction": reduction, "position_ids": position_ids}
             if self.sequence_parallel is not None:  # pooling (bi-level) is refused with it (config)
@@ -170,27 +162,40 @@ class TrainModule(nn.Module):
             return lm_loss(input_ids, attention_mask, labels, pixel_values, **extra)
         return self.dts_reconstruction(pixel_values)
 
-    def skip_eligible(self, tasks: list[str] | None) -> torch.Tensor | None:
-        """One flag per sample of the batch (rows, or a packed batch's samples in packed order): may it be
-        drawn for position skip (its task is in `position_skip.tasks`)? None when every sample may.
+    def skip_positions(self, padding: torch.Tensor | None, position_ids: torch.Tensor | None,
+                       segment_ids: torch.Tensor | None, group_index: torch.Tensor | None,
+                       tasks: list[str] | None) -> torch.Tensor | None:
+        """The rotary positions [B, L] a training forward uses under `position_skip` (train/position_skip.py):
+        packed rows (`segment_ids`) jump per sample from their `position_ids`; unpacked rows (`padding`, the
+        [B, L] attention mask) jump from ``0 .. L-1`` unless the caller gave `position_ids`. The split uses
+        `group_index` [B, L] unless `position_skip.split` is "token"; `position_skip.tasks` picks the samples
+        by `tasks` (their names, one per row or packed sample in batch order). Without position skip, or in
+        eval mode, `position_ids` as given.
 
-        Raises ValueError when `position_skip.tasks` is set and the batch does not name its samples' tasks."""
-        if self.position_skip is None or self.position_skip.tasks is None:
-            return None
-        if tasks is None:
-            raise ValueError("position_skip.tasks: the batch does not name its samples' tasks (data.collate's `tasks`)")
-        return torch.tensor([t in self.position_skip.tasks for t in tasks], dtype=torch.bool)
-
-    def split_groups(self, group_index: torch.Tensor | None) -> torch.Tensor | None:
-        """The group index [B, L] position skip splits on (None: any token), per `position_skip.split`.
-
-        Raises ValueError when the split is on groups and the batch has no group_index."""
-        if self.position_skip is None or self.position_skip.split == "token":
-            return None
-        if group_index is None:
-            raise ValueError(f"position_skip.split: {self.position_skip.split!r} needs the batch's group_index "
-                             "(data.collate adds it)")
-        return group_index
+        Raises ValueError when the split needs `group_index` or the task filter needs `tasks` and the batch
+        lacks them."""
+        skip = self.position_skip
+        if skip is None or not self.training or (segment_ids is None and position_ids is not None) \
+                or (segment_ids is not None and skip.fraction == 0):
+            return position_ids
+        groups = None
+        if skip.split != "token":
+            if group_index is None:
+                raise ValueError(f"position_skip.split: {skip.split!r} needs the batch's group_index "
+                                 "(data.collate adds it)")
+            groups = group_index
+        eligible = None
+        if skip.tasks is not None:
+            if tasks is None:
+                raise ValueError("position_skip.tasks: the batch does not name its samples' tasks "
+                                 "(data.collate's `tasks`)")
+            eligible = torch.tensor([t in skip.tasks for t in tasks], dtype=torch.bool)
+        if segment_ids is not None:
+            assert position_ids is not None  # forward refuses packed rows without them
+            return skipped_packed_positions(position_ids, segment_ids, skip.fraction, skip.max_position, groups,
+                                            skip.split, eligible)
+        assert padding is not None
+        return skipped_positions(padding, skip.fraction, skip.max_position, groups, skip.split, eligible)
 
     def packed_visibility(self, segment_ids: torch.Tensor, token_kind: torch.Tensor | None,
                           group_index: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -68,7 +68,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batch_tensors(batch: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+def _batch_inputs(batch: dict[str, Any], dev: torch.device) -> dict[str, Any]:
     """The module's inputs: ids, mask, labels, frames, and the token layout when the batch has it, on `dev`;
     the samples' task names (a list, in the batch's sample order) when the batch has them."""
     keys = ("input_ids", "attention_mask", "labels", "pixel_values", "token_kind", "group_index", "position_ids",
@@ -139,7 +139,7 @@ class StepLoop:
             scale = self.grad_accum * self.dist.world_size / max(total, 1.0)
         while done < self.grad_accum:
             batch = ahead.pop(0) if ahead else self._fetch(batches, state)
-            inputs = _batch_tensors(batch, self.dev)
+            inputs = _batch_inputs(batch, self.dev)
             if self.token_weighted:
                 loss = self.engine(**inputs, reduction="sum") * scale
             else:

@@ -108,7 +108,7 @@ class Validator:
     def run(self, engine: Any) -> ValidationResult:
         """One pass: the engine's module (a `train.objectives.TrainModule`) scores every val batch of this
         rank; sums are all-reduced. Restores the module's train/eval mode. Collective: every rank calls it."""
-        from train.trainer import _batch_tensors
+        from train.trainer import _batch_inputs
 
         module = engine.module
         was_training = module.training
@@ -130,12 +130,12 @@ class Validator:
                                     f"rank {self.dist.rank}: the val split has no batch for this rank while others "
                                     "have some; under ZeRO-3 every rank must take part in each forward pass "
                                     "(use more val samples/shards than ranks)")
-                            engine(**_batch_tensors(previous, self.dev))
+                            engine(**_batch_inputs(previous, self.dev))
                             continue
                     elif batch is None:
                         break
                     previous = batch
-                    loss = engine(**_batch_tensors(batch, self.dev))
+                    loss = engine(**_batch_inputs(batch, self.dev))
                     count = module.loss_positions(batch["labels"], batch["pixel_values"])
                     samples += int(batch["input_ids"].shape[0])
                     if count:
