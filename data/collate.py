@@ -28,6 +28,7 @@ from data.faults import (
     NO_SUPERVISED_TOKENS,
     SampleFault,
 )
+from data.frame_cache import CachedVideo, DecodedFrameCache
 from data.sampling import FrameSample, VideoBytes, read_image, sample_image_frames, sample_video_frames
 from data.shards import IMAGE_KEYS, VIDEO_KEYS, RawSample
 from model.processing import preprocess_frames
@@ -144,20 +145,23 @@ def _media(raw: RawSample, keys: Sequence[str], field: str) -> tuple[str, bytes]
                                      f"none of {list(keys)}")
 
 
-def decode_sample(raw: RawSample, opts: SampleOptions,
-                  source_tasks: frozenset[str] | None = None) -> DecodedSample | None:
+def decode_sample(raw: RawSample, opts: SampleOptions, source_tasks: frozenset[str] | None = None,
+                  frame_cache: DecodedFrameCache | None = None) -> DecodedSample | None:
     """Decode one raw sample; ``None`` when its task is filtered out (not in ``opts.tasks``, the stage's
-    filter, or not in ``source_tasks``, its data source's); :class:`SampleFault` if broken."""
+    filter, or not in ``source_tasks``, its data source's); :class:`SampleFault` if broken. With
+    ``frame_cache`` a video read before (same bytes, same frames) is not decoded again (data/frame_cache.py)."""
     rec = parse_record(raw)
     task = str(rec.get("task", "unknown"))
     if (opts.tasks is not None and task not in opts.tasks) or (source_tasks is not None and task not in source_tasks):
         return None
-    video: VideoBytes | None = None
+    video: VideoBytes | CachedVideo | None = None
     image: np.ndarray | None = None
     frames: FrameSample | None = None
     if "video" in rec:
         ext, data = _media(raw, VIDEO_KEYS, "video")
-        video = VideoBytes(data, f"{raw.shard}:{raw.key}.{ext}", opts.decoders)
+        where = f"{raw.shard}:{raw.key}.{ext}"
+        video = (frame_cache.open(data, where, opts.decoders) if frame_cache is not None
+                 else VideoBytes(data, where, opts.decoders))
         frames = sample_video_frames(video.num_frames, video.avg_fps, frames_upbound=opts.frames_upbound,
                                      fps_upbound=opts.fps_upbound, scale=rec.get("scale"),
                                      group=opts.frames_per_group)

@@ -63,6 +63,7 @@ from data.faults import (
     SampleFault,
     decoder_key,
 )
+from data.frame_cache import DecodedFrameCache
 from data.mix import DataConfig, ResolvedSource, resolve_split
 from data.packing import RowPacker, collate_packed
 from data.shards import SHARD_READ_ERRORS, RawSample
@@ -88,6 +89,9 @@ class StreamPlan:
     options: SampleOptions
     decode_timeout_s: float | None = None  # per-sample decode limit (data.decode_timeout_s); None: none
     packing: int | None = None  # max tokens of a packed row (data/packing.py); None: right-padded batches
+    # bytes of decoded frames each loader process memoises (data/frame_cache.py); 0: off. The samples are the
+    # same either way, so it is not part of the fingerprint
+    frame_cache_bytes: int = 0
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -269,6 +273,8 @@ class ShardStreamDataset(IterableDataset):
         self.plan = plan
         self.assignment: list[int] = list(range(plan.num_workers))  # physical -> logical worker
         self.states: list[dict[str, Any]] = [initial_worker_state(plan, 0) for _ in range(plan.num_workers)]
+        # a loader worker process gets its own (empty) copy; VideoLoader hands its own to in-process passes
+        self.frame_cache = DecodedFrameCache(plan.frame_cache_bytes) if plan.frame_cache_bytes else None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -299,7 +305,8 @@ class ShardStreamDataset(IterableDataset):
                 faults.add(UNKNOWN_KEY, f"{raw.shard}:{raw.key}", f"ignored members {raw.ignored}")
             try:
                 sample = call_with_timeout(functools.partial(decode_sample, raw, opts,
-                                                             self.plan.sources[stream.source].tasks),
+                                                             self.plan.sources[stream.source].tasks,
+                                                             self.frame_cache),
                                            self.plan.decode_timeout_s, f"{raw.shard}:{raw.key}")
             except SampleFault as fault:
                 faults.add(fault.reason, f"{raw.shard}:{raw.key}", str(fault))
@@ -368,6 +375,9 @@ class VideoLoader:
         self.decoded: dict[str, int] = dict.fromkeys((d.name for d in plan.options.decoders), 0)
         self.epoch = 0
         self.batches = 0
+        # the decoded-frame cache of in-process loading (num_workers=0), kept across passes (validation loss
+        # reads its split once per evaluation); worker processes each build their own per pass
+        self.frame_cache = DecodedFrameCache(plan.frame_cache_bytes) if plan.frame_cache_bytes else None
         self._reset_pass()
 
     def _reset_pass(self) -> None:
@@ -394,6 +404,7 @@ class VideoLoader:
         dataset.assignment = self._order()
         dataset.states = copy.deepcopy(self._states)
         if self.num_workers == 0:
+            dataset.frame_cache = self.frame_cache
             messages: Any = iter(dataset)
         else:
             messages = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
@@ -496,6 +507,7 @@ def build_loader(
     tasks: Sequence[str] | None = None,
     decoders: Sequence[VideoDecoder] = DEFAULT_DECODERS,
     packing: int | None = None,
+    frame_cache_bytes: int = 0,
 ) -> VideoLoader:
     """Build the loader of ``split`` for one rank (see the module docstring for the data flow).
 
@@ -505,6 +517,8 @@ def build_loader(
     ``decoders``: the video decoder chain (:mod:`data.decoders`; objects with ``name`` and ``open``,
     picklable for loader worker processes); the time limit is ``data_cfg.decode_timeout_s``.
     ``packing``: pack whole samples into ``batch_size`` rows of at most this many tokens (data/packing.py).
+    ``frame_cache_bytes``: memoise up to this many bytes of decoded frames per loader process, so a video read
+    again is not decoded again (data/frame_cache.py; 0 = off).
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
     if batch_size < 1:
@@ -517,6 +531,8 @@ def build_loader(
         raise ValueError(f"frames_upbound: must be >= 1, got {frames_upbound}")
     if packing is not None and packing < 1:
         raise ValueError(f"packing: max tokens per row must be >= 1, got {packing}")
+    if frame_cache_bytes < 0:
+        raise ValueError(f"frame_cache_bytes: must be >= 0 (0 = off), got {frame_cache_bytes}")
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         raise ValueError("tokenizer: has no pad_token_id")
@@ -544,6 +560,6 @@ def build_loader(
         world_size=int(world_size), num_workers=max(1, num_workers), shuffle_buffer=cfg.shuffle_buffer,
         batch_size=int(batch_size), loop=(split == "train") if loop is None else bool(loop),
         pad_token_id=int(pad_id), options=options, decode_timeout_s=cfg.decode_timeout_s,
-        packing=None if packing is None else int(packing),
+        packing=None if packing is None else int(packing), frame_cache_bytes=int(frame_cache_bytes),
     )
     return VideoLoader(plan, num_workers)

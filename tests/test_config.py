@@ -88,6 +88,7 @@ BAD = [
     (["stage=sft", "+stage.calibrate_projector.batches=-1"], "stage.calibrate_projector.batches"),
     (["stage=sft", "stage.trainable=[llm]", "+stage.calibrate_projector.batches=4"],
      "stage.calibrate_projector.batches"),
+    (["stage=align", "loop.decoded_frame_cache_mb=-1"], "loop.decoded_frame_cache_mb"),
     (["stage=align", "loop.frozen_feature_cache_mb=-1"], "loop.frozen_feature_cache_mb"),
     (["stage=sft", "loop.frozen_feature_cache_mb=64"], "loop.frozen_feature_cache_mb"),  # sft trains DTS
     (["stage=dts", "loop.frozen_feature_cache_mb=64"], "loop.frozen_feature_cache_mb"),

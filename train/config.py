@@ -179,6 +179,9 @@ class LoopConfig:
     # MiB of frozen vision tower + DTS outputs memoised per rank (train/feature_cache.py); 0 = off. Only for
     # lm stages that train neither module, below ZeRO-3 (where every rank must run the same modules).
     frozen_feature_cache_mb: int = 0
+    # MiB of decoded video frames memoised per loader process (data/frame_cache.py); 0 = off. A stage that reads
+    # its videos several times then decodes each once; the samples are the same either way
+    decoded_frame_cache_mb: int = 0
     # validation loss on the data mix's val split (train/validation.py) every N optimizer steps and at the end
     # of the stage; None = off. `eval_max_batches` caps the batches each rank reads per pass (None: the whole split)
     eval_every_steps: int | None = None
@@ -472,6 +475,8 @@ def validate_run_config(run: RunConfig, *, frames_per_group: int | None = None,
         if st.steps is None and lp.max_steps is None:
             raise ConfigError("loop.packing", "a packed micro-batch holds a varying number of samples, so "
                               "stage.epochs cannot be turned into steps; set stage.steps or loop.max_steps")
+    if lp.decoded_frame_cache_mb < 0:
+        raise ConfigError("loop.decoded_frame_cache_mb", "must be >= 0 (0 turns the cache off)")
     if lp.frozen_feature_cache_mb < 0:
         raise ConfigError("loop.frozen_feature_cache_mb", "must be >= 0 (0 turns the cache off)")
     if lp.frozen_feature_cache_mb:

@@ -252,7 +252,8 @@ def _train_loader(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEnv,
                         world_size=world, seed=run.seed, frames_upbound=run.stage.frames_upbound,
                         fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=loop,
                         tasks=run.stage.data.tasks,
-                        packing=run.loop.packing.max_tokens if run.loop.packing is not None else None)
+                        packing=run.loop.packing.max_tokens if run.loop.packing is not None else None,
+                        frame_cache_bytes=run.loop.decoded_frame_cache_mb * 2**20)
 
 
 def train_stage(run: RunConfig, raw_config: dict[str, Any]) -> LoopResult:

@@ -165,7 +165,7 @@ def build_validator(run: RunConfig, tokenizer: Any, model_cfg: Any, dist: DistEn
                           batch_size=run.loop.micro_batch_size, num_workers=0, rank=dp_rank,
                           world_size=dp_world, seed=run.seed, frames_upbound=run.stage.frames_upbound,
                           fps_upbound=run.stage.fps_upbound, max_length=run.stage.max_length, loop=False,
-                          tasks=run.stage.data.tasks)
+                          tasks=run.stage.data.tasks, frame_cache_bytes=run.loop.decoded_frame_cache_mb * 2**20)
     return Validator(loader.plan, dist, dev, run.seed, max_batches=run.loop.eval_max_batches,
                      lockstep=run.deepspeed.zero_stage == 3, replicas=dist.world_size // dp_world)
 
