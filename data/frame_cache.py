@@ -17,56 +17,45 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from data.decoders import DEFAULT_DECODERS, VideoDecoder
 from data.sampling import VideoBytes
-
-
-@dataclass
-class _Entry:
-    num_frames: int
-    avg_fps: float
-    decoder: str  # the decoder that opened the file
-    reads: dict[tuple[int, ...], tuple[np.ndarray, str]] = field(default_factory=dict)  # unique indices ->
-    # (uint8 frames [U, H, W, 3], the decoder whose frames they are)
+from model.memo import ContentMemo
 
 
 class DecodedFrameCache:
     """Byte-capped memo of decoded frames per video content; :meth:`open` stands in for
-    :class:`data.sampling.VideoBytes`. ``hits`` and ``misses`` count :meth:`CachedVideo.read_unique` calls.
+    :class:`data.sampling.VideoBytes`. The frames live in a :class:`model.memo.ContentMemo` (``frames``: its
+    ``max_bytes``, ``bytes``, and ``hits`` / ``misses`` counted per :meth:`CachedVideo.read_unique` call).
 
     Raises ValueError if ``max_bytes`` <= 0."""
 
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._videos: dict[bytes, _Entry] = {}
+        self.frames = ContentMemo(max_bytes)
+        self._videos: dict[bytes, tuple[int, float, str]] = {}  # digest -> (frame count, fps, opening decoder)
+        self._readers: dict[bytes, str] = {}  # frames key -> the decoder whose frames are stored
 
     def open(self, data: bytes, where: str, decoders: Sequence[VideoDecoder] = DEFAULT_DECODERS) -> CachedVideo:
         """The video of ``data`` (encoded bytes): opened with ``VideoBytes(data, where, decoders)`` unless a
         video with the same bytes was opened before. Raises what ``VideoBytes`` raises
         (:class:`~data.faults.SampleFault` for an empty or undecodable file)."""
         digest = hashlib.sha256(data).digest()
-        entry = self._videos.get(digest)
-        if entry is not None:
-            return CachedVideo(self, entry, data, where, tuple(decoders), None)
-        video = VideoBytes(data, where, decoders)
-        entry = _Entry(video.num_frames, video.avg_fps, video.decoder)
-        self._videos[digest] = entry  # a few numbers per video; only frames count against max_bytes
-        return CachedVideo(self, entry, data, where, tuple(decoders), video)
+        video = None
+        if digest not in self._videos:
+            video = VideoBytes(data, where, decoders)
+            self._videos[digest] = (video.num_frames, video.avg_fps, video.decoder)  # a few numbers per video
+        return CachedVideo(self, digest, data, where, tuple(decoders), video)
 
-    def _store(self, entry: _Entry, unique: tuple[int, ...], frames: np.ndarray, decoder: str) -> None:
-        if self.bytes + frames.nbytes > self.max_bytes:
-            return
-        entry.reads[unique] = (frames, decoder)
-        self.bytes += frames.nbytes
+    def _get(self, key: bytes) -> tuple[np.ndarray, str] | None:
+        stored = self.frames.get(key)
+        return None if stored is None else (stored.numpy(), self._readers[key])
+
+    def _put(self, key: bytes, frames: np.ndarray, decoder: str) -> None:
+        if self.frames.put(key, torch.from_numpy(frames)):
+            self._readers[key] = decoder
 
 
 class CachedVideo:
@@ -74,32 +63,30 @@ class CachedVideo:
     ``read_unique`` as :class:`data.sampling.VideoBytes` has them. The file is opened only when a read
     misses the cache. Callers must not modify the frames returned (they may be the cache's own)."""
 
-    def __init__(self, cache: DecodedFrameCache, entry: _Entry, data: bytes, where: str,
+    def __init__(self, cache: DecodedFrameCache, digest: bytes, data: bytes, where: str,
                  decoders: tuple[VideoDecoder, ...], video: VideoBytes | None) -> None:
         self._cache = cache
-        self._entry = entry
+        self._digest = digest
         self._data = data
         self._where = where
         self._decoders = decoders
         self._video = video
-        self.num_frames = entry.num_frames
-        self.avg_fps = entry.avg_fps
-        self.decoder = entry.decoder
+        self.num_frames, self.avg_fps, self.decoder = cache._videos[digest]
 
     def read_unique(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 frames [U, H, W, 3] of the distinct indices in order, ``inverse``), as
         ``VideoBytes.read_unique``; sets ``decoder`` to the decoder whose frames these are."""
         unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-        key = tuple(unique.tolist())
-        stored = self._entry.reads.get(key)
+        key = self._digest + unique.tobytes()
+        stored = self._cache._get(key)
         if stored is not None:
-            self._cache.hits += 1
+            self._cache.frames.hits += 1
             frames, self.decoder = stored
             return frames, inverse.reshape(-1)
-        self._cache.misses += 1
+        self._cache.frames.misses += 1
         if self._video is None:
             self._video = VideoBytes(self._data, self._where, self._decoders)
-        frames, _ = self._video.read_unique(key)
+        frames, _ = self._video.read_unique(unique.tolist())
         self.decoder = self._video.decoder
-        self._cache._store(self._entry, key, frames, self.decoder)
+        self._cache._put(key, frames, self.decoder)
         return frames, inverse.reshape(-1)

@@ -21,6 +21,19 @@ from helpers import grey_mp4
 from model import build_preset, load_tokenizer
 
 
+class _Counted:
+    """An opened video that counts the frames read (a plain class: no reference cycle keeps the decord reader
+    alive until a garbage collection, which could then run in a forked loader worker)."""
+
+    def __init__(self, video: OpenedVideo, counter: list[int]) -> None:
+        self.video, self.counter = video, counter
+        self.num_frames, self.avg_fps = video.num_frames, video.avg_fps
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        self.counter[0] += len(indices)
+        return self.video.read(indices)
+
+
 @dataclass
 class CountingDecoder:
     """decord, counting the files it opens and the frames it decodes."""
@@ -31,17 +44,7 @@ class CountingDecoder:
 
     def open(self, data: bytes, where: str) -> OpenedVideo:
         self.opened[0] += 1
-        video = DecordDecoder().open(data, where)
-        counter = self.frames
-
-        class Counted:
-            num_frames, avg_fps = video.num_frames, video.avg_fps
-
-            def read(self, indices: Sequence[int]) -> np.ndarray:
-                counter[0] += len(indices)
-                return video.read(indices)
-
-        return Counted()
+        return _Counted(DecordDecoder().open(data, where), self.frames)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def test_cached_batches_equal_uncached_and_a_hit_decodes_nothing(setup: tuple[di
     assert plain.opened[0] == 14 and cached.opened[0] == 7
     assert cached.frames[0] * 2 == plain.frames[0] > 0
     cache = loader.frame_cache
-    assert (cache.hits, cache.misses) == (7, 7)
+    assert (cache.frames.hits, cache.frames.misses) == (7, 7)
     assert loader.decoded == {"decord": 14}  # a hit still counts under the decoder that read the frames
 
 
@@ -80,8 +83,8 @@ def test_byte_cap_stops_adding_and_results_stay_the_same(setup: tuple[dict[str, 
     # room for one video's read: 3-4 distinct 32 x 32 RGB frames (1 fps of the 25-31-frame videos at 10 fps)
     loader, got = two_passes(setup, 4 * 32 * 32 * 3, CountingDecoder())
     cache = loader.frame_cache
-    assert 0 < cache.bytes <= cache.max_bytes
-    assert cache.hits >= 1 and cache.misses > 7  # some kept, the rest decoded again
+    assert 0 < cache.frames.bytes <= cache.frames.max_bytes
+    assert cache.frames.hits >= 1 and cache.frames.misses > 7  # some kept, the rest decoded again
     assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(want, got, strict=True))
 
 
@@ -96,7 +99,7 @@ def test_other_frames_of_the_same_video_are_decoded() -> None:
     assert dec.opened[0] == 1 and np.array_equal(frames, first) and inv2.tolist() == [0, 2, 1]
     assert inv.tolist() == [0, 1, 1, 2]
     other, _ = cache.open(data, "v.mp4", [dec]).read_unique([1, 2])  # other frames: opened and decoded
-    assert dec.opened[0] == 2 and other.shape[0] == 2 and (cache.hits, cache.misses) == (1, 2)
+    assert dec.opened[0] == 2 and other.shape[0] == 2 and (cache.frames.hits, cache.frames.misses) == (1, 2)
 
 
 def test_broken_videos_fail_as_without_the_cache(tmp_path: Path) -> None:
