@@ -273,8 +273,7 @@ class ShardStreamDataset(IterableDataset):
         self.plan = plan
         self.assignment: list[int] = list(range(plan.num_workers))  # physical -> logical worker
         self.states: list[dict[str, Any]] = [initial_worker_state(plan, 0) for _ in range(plan.num_workers)]
-        # a loader worker process gets its own (empty) copy; VideoLoader hands its own to in-process passes
-        self.frame_cache = DecodedFrameCache(plan.frame_cache_bytes) if plan.frame_cache_bytes else None
+        self.frame_cache: DecodedFrameCache | None = None  # VideoLoader's (data/frame_cache.py)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -375,8 +374,9 @@ class VideoLoader:
         self.decoded: dict[str, int] = dict.fromkeys((d.name for d in plan.options.decoders), 0)
         self.epoch = 0
         self.batches = 0
-        # the decoded-frame cache of in-process loading (num_workers=0), kept across passes (validation loss
-        # reads its split once per evaluation); worker processes each build their own per pass
+        # the decoded-frame cache: in-process loading (num_workers=0) fills this one, kept across passes (validation
+        # loss reads its split once per evaluation); each worker process gets an empty copy per pass (this process
+        # decodes nothing then)
         self.frame_cache = DecodedFrameCache(plan.frame_cache_bytes) if plan.frame_cache_bytes else None
         self._reset_pass()
 
@@ -403,8 +403,8 @@ class VideoLoader:
         dataset = ShardStreamDataset(self.plan)
         dataset.assignment = self._order()
         dataset.states = copy.deepcopy(self._states)
+        dataset.frame_cache = self.frame_cache
         if self.num_workers == 0:
-            dataset.frame_cache = self.frame_cache
             messages: Any = iter(dataset)
         else:
             messages = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
