@@ -118,6 +118,21 @@ def test_zero2_two_ranks_to_one_and_back(synth: Path, tmp_path: Path) -> None:
     assert all(torch.equal(got[name], value) for name, value in frozen.items())
 
 
+def test_resume_with_more_steps_follows_the_new_schedule(synth: Path, tmp_path: Path) -> None:
+    """A 2-step run resumed with `loop.max_steps=4` trains steps 3 and 4 at the 4-step schedule's rates (those
+    of an uninterrupted 4-step run), not at the 2-step cosine's floor (0) that the checkpoint carries."""
+    short, full, resumed = tmp_path / "short", tmp_path / "full", tmp_path / "resumed"
+    run(synth, short, 1, "deepspeed=zero2", "loop.max_steps=2", "checkpoint.every_steps=2", "checkpoint.export=false")
+    run(synth, full, 1, "deepspeed=zero2", "loop.max_steps=4", "checkpoint.export=false")
+    run(synth, resumed, 1, "deepspeed=zero2", "loop.max_steps=4", "checkpoint.export=false",
+        f"checkpoint.resume={short / 'sft' / 'checkpoints' / 'step-00000002'}")
+    resume = [r for r in records(resumed / "sft") if r.get("event") == "resume"]
+    assert resume and resume[0]["schedule_steps_from"] == 2
+    want, got = lrs(full / "sft"), lrs(resumed / "sft")
+    assert sorted(got) == [3, 4] and got[3] == want[3] and got[4] == want[4]
+    assert got[4]["lr/llm"] > 0 and lrs(short / "sft")[2]["lr/llm"] > 0
+
+
 def test_zero3_frozen_pieces_two_ranks_to_one(synth: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     z3 = ("deepspeed=zero3", "deepspeed.zero_optimization.stage3_param_persistence_threshold=0")

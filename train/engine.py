@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import threading
@@ -164,11 +165,16 @@ def deepspeed_config(ds: DeepSpeedConfig, loop: LoopConfig) -> dict[str, Any]:
 
 def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, schedule_fn: Any,
                  ds_config: dict[str, Any]) -> Any:
-    """Wrap `module` and the client optimizer in a DeepSpeed engine with a LambdaLR schedule."""
+    """Wrap `module` and the client optimizer in a DeepSpeed engine with a LambdaLR schedule.
+
+    The scheduler gets its own copy of `schedule_fn`: a checkpoint load updates a callable multiplier's
+    fields in place (LambdaLR's state dict), and the caller's object must keep this run's schedule so that
+    `train.optim.restore_schedule` can put it back.
+    """
     import deepspeed
 
     def make_scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule_fn)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=copy.copy(schedule_fn))
 
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                            lr_scheduler=make_scheduler, config=ds_config)

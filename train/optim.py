@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -110,11 +111,16 @@ def restore_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, schedule: War
     cosine would reach its floor early and train the extra steps at `min_lr_ratio` (0 by default).
     Each group's current lr is recomputed at the scheduler's step. Returns the saved total steps when it
     differed (None when the schedule was already this run's).
+
+    Raises ValueError when `scheduler` holds the `schedule` object itself (its fields are then the saved ones).
     """
+    if any(fn is schedule for fn in scheduler.lr_lambdas):
+        raise ValueError("schedule: is the scheduler's own multiplier, which the checkpoint load has already "
+                         "overwritten; give the scheduler a copy (train.engine.build_engine does)")
     saved = [fn for fn in scheduler.lr_lambdas if isinstance(fn, WarmupCosine) and fn != schedule]
     if not saved:
         return None
-    scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)
+    scheduler.lr_lambdas = [copy.copy(schedule) for _ in scheduler.lr_lambdas]
     for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = base * schedule(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
