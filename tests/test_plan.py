@@ -42,3 +42,18 @@ def test_plan_cli_prints_parts_and_frames() -> None:
     bad = subprocess.run([sys.executable, "-m", "train.plan", "model=tiny", "gpus=0"], cwd=REPO,
                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("config error: gpus")
+
+
+def test_plan_says_which_model_it_plans(tmp_path) -> None:
+    """With an existing `stage.init_from` the plan is for that directory's config.json, as training would be, and
+    says so with a field where the `model` group differs; without one, for the model group."""
+    from model import build_preset
+    from train.plan import compose_run, model_source
+
+    build_preset("tiny", text_config={"num_hidden_layers": 3}).save_pretrained(tmp_path)
+    run, model_cfg, _ = compose_run(["model=tiny", "stage=sft", f"stage.init_from={tmp_path}"])
+    line = model_source(run, model_cfg)
+    assert model_cfg.text_config.num_hidden_layers == 3
+    assert str(tmp_path) in line and "text_config.num_hidden_layers: 4 (model group), 3 (init_from)" in line, line
+    run, model_cfg, _ = compose_run(["model=tiny", "stage=sft", "stage.init_from=null"])
+    assert model_cfg.text_config.num_hidden_layers == 4 and "model group" in model_source(run, model_cfg)

@@ -406,6 +406,22 @@ def compose_run(overrides: list[str]) -> tuple[RunConfig, Any, int]:
     return run, model_cfg, ts
 
 
+def model_source(run: RunConfig, model_cfg: Any) -> str:
+    """One line saying which model the plan is for: the `model` group's, or (as `python -m train` trains it)
+    the config.json of an existing `stage.init_from`, then with the fields where the group differs."""
+    from train import build
+
+    init = run.stage.init_from
+    if not (init and (Path(init) / "config.json").is_file()):
+        return "model: the model group's config (no stage.init_from model directory)"
+    differs = build.model_group_differences(run, model_cfg)
+    line = f"model: {init}/config.json (stage.init_from), as python -m train would train it"
+    if differs:
+        line += (f"; the model group differs in {len(differs)} fields, e.g. {differs[0]} "
+                 "(stage.init_from=null plans the model group)")
+    return line
+
+
 def main(argv: list[str] | None = None) -> str:
     """Print (and return) the plan; a bad argument or config exits 2 with one line."""
     import os
@@ -416,7 +432,7 @@ def main(argv: list[str] | None = None) -> str:
         run, model_cfg, ts = compose_run(overrides)
         gpus = int(own["gpus"])
         plan = make_plan(run, model_cfg, gpus, own["gpu_mem_gb"], ts)
-        text = report(run, plan, largest_frames(run, model_cfg, plan, ts), gpus)
+        text = model_source(run, model_cfg) + "\n" + report(run, plan, largest_frames(run, model_cfg, plan, ts), gpus)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
