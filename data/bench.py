@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import glob
 import json
 import resource
 import time
@@ -176,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--decode-timeout-s", type=float, default=None,
                    help="the loader's data.decode_timeout_s (default: none)")
     args = p.parse_args(argv)
+    if not glob.glob(args.shards):
+        p.error(f"--shards: glob {args.shards!r} matches no shard file")
     runs = [run_bench(args.shards, args.workers, args.batches, args.batch_size, args.frames_upbound,
                       args.fps_upbound, args.model, args.tokenizer, args.decode_timeout_s)
             for _ in range(max(1, args.repeats))]

@@ -68,9 +68,17 @@ def read_frames(path: str | Path, fps: float, max_frames: int | None = None,
     """Decode `path` with PyAV, keeping the first frame at or after each multiple of 1/`fps` seconds.
 
     `size` (optional) resizes so the short side is `size` (even dimensions). Returns uint8 [N, H, W, 3].
+    Raises ValueError naming `path` when it is missing, not a video PyAV can decode, or has no frames.
     """
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    try:
+        return _decode_at_fps(path, fps, max_frames, size)
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"{path}: cannot read it as a video ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode_at_fps(path: str | Path, fps: float, max_frames: int | None, size: int | None) -> np.ndarray:
     frames: list[np.ndarray] = []
     next_t = 0.0
     with av.open(str(path)) as container:
@@ -201,8 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples-per-cell", type=int, default=1)
     ap.add_argument("--size", type=int, default=None, help="resize short side (even)")
     args = ap.parse_args(argv)
-    records = build_grid(args.haystack, args.out, [int(x) for x in _floats(args.lengths)], _floats(args.depths),
-                         args.seed, args.fps, args.style, args.needle_frames, args.samples_per_cell, args.size)
+    if not Path(args.haystack).is_file():
+        ap.error(f"--haystack: no such file {args.haystack}")
+    try:
+        records = build_grid(args.haystack, args.out, [int(x) for x in _floats(args.lengths)], _floats(args.depths),
+                             args.seed, args.fps, args.style, args.needle_frames, args.samples_per_cell, args.size)
+    except ValueError as exc:
+        ap.error(str(exc))
     print(f"wrote {len(records)} needle samples to {args.out}/annotations.json")
 
 

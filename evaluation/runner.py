@@ -72,14 +72,22 @@ def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
 
     Every format is read by `data.benchmarks.read_benchmark` (``strict`` turns any excluded row, and any
     missing video, into an AnnotationError). Raises AnnotationError (naming the file, the excluded rows'
-    reasons and the tasks found) when no sample is left.
+    reasons and the tasks found) when no sample is left; ConfigError naming `data` (or `split`) when the file,
+    folder or split's shards are not there.
     """
     fmt = cfg.format
-    if fmt == "synth":  # shard videos are extracted under work_dir
-        read = read_benchmark(fmt, cfg.data, work_dir / "videos", strict=cfg.strict, split=cfg.split)
-    else:
-        opts = {"durations": cfg.durations} if cfg.durations else {}
-        read = read_benchmark(fmt, cfg.data, cfg.video_root, strict=cfg.strict, **opts)
+    if not Path(cfg.data).exists():
+        raise ConfigError("data", f"no such file or folder {cfg.data}")
+    if cfg.durations and not Path(cfg.durations).is_file():
+        raise ConfigError("durations", f"no such file {cfg.durations}")
+    try:
+        if fmt == "synth":  # shard videos are extracted under work_dir
+            read = read_benchmark(fmt, cfg.data, work_dir / "videos", strict=cfg.strict, split=cfg.split)
+        else:
+            opts = {"durations": cfg.durations} if cfg.durations else {}
+            read = read_benchmark(fmt, cfg.data, cfg.video_root, strict=cfg.strict, **opts)
+    except FileNotFoundError as exc:  # e.g. no shards of `split`, a missing durations csv
+        raise ConfigError("split" if fmt == "synth" else "data", str(exc)) from exc
     samples, excluded = list(read.samples), list(read.excluded)
     missing = [s for s in samples if s.metadata.get("video_missing")]
     if cfg.strict and missing:

@@ -366,6 +366,26 @@ def test_strict_turns_exclusions_and_missing_videos_into_errors(tiny: dict[str, 
         _evaluate(tiny, planted, tmp_path / "out.json", "official", "full", "strict=true")
 
 
+def test_a_missing_data_path_or_split_is_a_config_error_naming_it(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """`data` that is not there, or synth shards without the asked split, fail with the field named, before
+    the weights are read (the CLI prints it as one line and exits 2)."""
+    from train.config import ConfigError
+
+    def evaluate(*overrides: str) -> None:
+        with initialize_config_dir(config_dir=str(REPO / "conf" / "eval"), version_base="1.3"):
+            run(compose("evaluate", overrides=[f"ckpt={tiny['ckpt']}", "bench=mcq", f"out={tmp_path / 'o.json'}",
+                                               "device=cpu", *overrides]))
+
+    with pytest.raises(ConfigError) as err:
+        evaluate("format=records", f"data={tmp_path / 'absent.json'}")
+    assert err.value.field == "data" and "absent.json" in str(err.value)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "test-000000.tar").write_bytes(b"")
+    with pytest.raises(ConfigError) as err:
+        evaluate("format=synth", f"data={tmp_path / 'shards'}", "split=val")
+    assert err.value.field == "split" and "no shards val-*.tar" in str(err.value)
+
+
 @pytest.mark.parametrize(("build", "protocol", "outputs", "expected"), [
     # MLVU under lmms-eval: "C) blue" is read as C (right), "A) a ball" as A (wrong), the third video is missing
     (mlvu_lmms, "lmms-eval", {"What colour is the car?": "C) blue", "What is in the needle?": "A) a ball"},

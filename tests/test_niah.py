@@ -88,3 +88,16 @@ def test_needle_videos_use_the_shared_encoder(tmp_path: Path, fps: float) -> Non
     with av.open(str(tmp_path / "v.mp4")) as box:
         stream = box.streams.video[0]
         assert stream.frames == 6 and float(stream.average_rate) == pytest.approx(fps, rel=1e-3)
+
+
+def test_cli_names_a_missing_or_unreadable_haystack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No file, or a file PyAV cannot open as a video: exit 2 with one line naming it, nothing written."""
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    for hay, says in ((tmp_path / "absent.mp4", "--haystack: no such file"), (junk, "cannot read it as a video")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--haystack", str(hay), "--out", str(tmp_path / "out"), "--lengths", "6"])
+        assert exc.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert says in last and str(hay) in last, last
+    assert not (tmp_path / "out" / "annotations.json").exists()

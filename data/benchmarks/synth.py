@@ -119,7 +119,7 @@ def read_synth_shards(shard_dir: str | Path, extract_dir: str | Path, split: str
 
     shards = sorted(Path(shard_dir).glob(f"{split}-*.tar"))
     if not shards:
-        raise FileNotFoundError(f"no shards {split}-*.tar under {shard_dir}")
+        raise FileNotFoundError(f"no shards {split}-*.tar under {shard_dir} (split={split!r})")
     extract = Path(extract_dir)
     extract.mkdir(parents=True, exist_ok=True)
     out: list[EvalSample] = []
