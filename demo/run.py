@@ -36,11 +36,37 @@ ENV_DEFAULTS = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "
                 "TOKENIZERS_PARALLELISM": "false"}
 
 
+# Sections whose keys are data.synth's SynthConfig fields (train_data: one level deeper, under a set's name).
+_SYNTH_SECTIONS = ("data", "short_data", "long_data")
+
+
+def _check_key(base: DictConfig, arg: str) -> None:
+    """Refuse an override whose key the demo would not read: an unknown top-level key, stage or sweep field,
+    or a video-set field that is not a `data.synth.SynthConfig` field. Keys under `common`, `stages.<stage>`
+    and `eval` are Hydra overrides of conf/ and checked by the typed configs that read them."""
+    import dataclasses
+
+    from data.synth import SynthConfig
+
+    parts = arg.split("=", 1)[0].strip().lstrip("+").split(".")
+    top = parts[0]
+    if top not in base:
+        raise ValueError(f"override {arg!r}: unknown key {top!r} (demo.yaml has {', '.join(map(str, base))})")
+    synth_fields = {f.name for f in dataclasses.fields(SynthConfig)} - {"out"}
+    field = parts[1] if top in _SYNTH_SECTIONS else parts[2] if top == "train_data" else None
+    if field is not None and len(parts) > (1 if top in _SYNTH_SECTIONS else 2) and field not in synth_fields:
+        raise ValueError(f"override {arg!r}: {field!r} is not a data.synth field "
+                         f"(known: {', '.join(sorted(synth_fields))})")
+    if top in ("stages", "sweep") and len(parts) > 1 and parts[1] not in base[top]:
+        raise ValueError(f"override {arg!r}: unknown {top} key {parts[1]!r} "
+                         f"(demo.yaml has {', '.join(map(str, base[top]))})")
+
+
 def load_config(argv: list[str]) -> DictConfig:
     """demo/demo.yaml merged with dotted ``key=value`` overrides.
 
-    Raises ValueError naming the argument when one is not ``key=value`` or its value does not parse
-    (e.g. an unclosed list)."""
+    Raises ValueError naming the argument when one is not ``key=value``, its value does not parse (e.g. an
+    unclosed list) or its key is not one the demo reads (see `_check_key`)."""
     cfg = OmegaConf.load(DEMO_CONFIG)
     assert isinstance(cfg, DictConfig)
     for arg in argv:
@@ -51,6 +77,7 @@ def load_config(argv: list[str]) -> DictConfig:
         except Exception as exc:  # omegaconf/yaml parse errors: one line, no traceback
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"cannot parse override {arg!r}: {first}") from None
+        _check_key(cfg, arg)
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
 
 

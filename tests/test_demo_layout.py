@@ -43,7 +43,9 @@ def test_matplotlib_is_imported_lazily_and_only_by_the_plots() -> None:
 
 def test_config_loads_with_overrides() -> None:
     base = load_config([])
-    cfg = load_config(["stages.sft.stage.steps=7", "sweep.frames=[16,32]", "ranks=1"])
+    cfg = load_config(["stages.sft.stage.steps=7", "sweep.frames=[16,32]", "ranks=1", "data.videos=40",
+                       "train_data.extra.videos=5", "common.model.text_config.num_hidden_layers=3",
+                       "stages.align.stage.position_skip.fraction=0.5"])  # new sets and Hydra keys pass
     assert DEMO_CONFIG.parent == REPO / "demo" and list(cfg.stages) == list(base.stages)
     assert cfg.stages.sft.stage.steps == 7 != base.stages.sft.stage.steps
     assert list(cfg.sweep.frames) == [16, 32] and cfg.ranks == 1
@@ -51,7 +53,12 @@ def test_config_loads_with_overrides() -> None:
 
 
 @pytest.mark.parametrize(("arg", "said"), [("ranks", "is not a key=value override"),
-                                           ("sweep.frames=[16,32", "cannot parse override")])
+                                           ("sweep.frames=[16,32", "cannot parse override"),
+                                           ("bogus.key=1", "unknown key 'bogus'"),
+                                           ("stages.longer.stage.steps=3", "unknown stages key 'longer'"),
+                                           ("sweep.videos=3", "unknown sweep key 'videos'"),
+                                           ("short_data.frames=3", "'frames' is not a data.synth field"),
+                                           ("train_data.long_needle.vidoes=3", "'vidoes' is not a data.synth field")])
 def test_bad_override_exits_2_with_one_line(arg: str, said: str, capsys: pytest.CaptureFixture[str],
                                             tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
