@@ -93,6 +93,8 @@ class SynthConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"{name}: invalid value in {self}")
+        if self.videos == 0 and not self.images:  # images default to videos // 2
+            raise ValueError("videos, images: both 0, nothing to write")
         if not self.durations():
             raise ValueError(f"min_frames/max_frames: no duration that is a multiple of quantum={self.quantum} s "
                              f"gives {self.min_frames}..{self.max_frames} frames at {self.fps} fps")
@@ -223,7 +225,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       object_speed=a.object_speed, needle_prob=a.needle_prob, option_order=a.option_order,
                       frame_seconds=tuple(a.frame_seconds),
                       tasks=tuple(t for t in a.tasks.split(",") if t))
-    manifest = generate(cfg)
+    try:
+        manifest = generate(cfg)
+    except ValueError as exc:  # a bad setting, or an output folder already holding shards
+        p.error(str(exc))
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['videos']} videos, {info['images']} images, {info['samples']} samples "
               f"{info['tasks']} in {len(info['shards'])} shards")

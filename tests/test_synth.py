@@ -315,7 +315,7 @@ def test_sequences_build_for_every_sample(dataset: tuple[Path, SynthConfig, dict
      ({"min_frames": 5, "max_frames": 7}, "min_frames"), ({"needle_prob": 2.0}, "needle_prob"),
      ({"object_scale": 0.5}, "object_scale"), ({"object_scale": 0.0}, "object_scale"),
      ({"object_speed": -0.1}, "object_speed"), ({"frame_seconds": (0,)}, "frame_seconds"),
-     ({"fps": 2, "frame_seconds": (4,)}, "frame_seconds")],
+     ({"fps": 2, "frame_seconds": (4,)}, "frame_seconds"), ({"videos": 0}, "videos, images: both 0")],
 )
 def test_bad_config_names_the_field(tmp_path: Path, kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
@@ -326,3 +326,11 @@ def test_refuses_to_mix_with_existing_shards(dataset: tuple[Path, SynthConfig, d
     out, cfg, _ = dataset
     with pytest.raises(ValueError, match="out"):
         generate(cfg)
+
+
+def test_cli_bad_setting_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from data.synth import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "o"), "--videos", "0"])
+    assert exc.value.code == 2 and "videos, images: both 0" in capsys.readouterr().err.strip().splitlines()[-1]
