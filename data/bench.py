@@ -19,6 +19,7 @@ import argparse
 import gc
 import glob
 import json
+import os
 import resource
 import time
 from collections.abc import Sequence
@@ -177,8 +178,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--decode-timeout-s", type=float, default=None,
                    help="the loader's data.decode_timeout_s (default: none)")
     args = p.parse_args(argv)
-    if not glob.glob(args.shards):
+    if not any(os.path.isfile(f) for f in glob.glob(args.shards)):
         p.error(f"--shards: glob {args.shards!r} matches no shard file")
+    from model.presets import load_preset_dict
+
+    try:
+        load_preset_dict(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        p.error(f"--model: {exc}")
     runs = [run_bench(args.shards, args.workers, args.batches, args.batch_size, args.frames_upbound,
                       args.fps_upbound, args.model, args.tokenizer, args.decode_timeout_s)
             for _ in range(max(1, args.repeats))]

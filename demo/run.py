@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from demo.datasets import data_sets, generate_all
 from demo.evaluate import ModeJob, blind_baseline, evaluate_modes, make_sweep_data
-from demo.stages import train_in_ranks
+from demo.stages import check_stage_configs, train_in_ranks
 from train.engine import build_comm_ops
 
 DEMO_CONFIG = Path(__file__).resolve().with_name("demo.yaml")
@@ -36,30 +36,47 @@ ENV_DEFAULTS = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "
                 "TOKENIZERS_PARALLELISM": "false"}
 
 
-# Sections whose keys are data.synth's SynthConfig fields (train_data: one level deeper, under a set's name).
-_SYNTH_SECTIONS = ("data", "short_data", "long_data")
+# Sections whose keys are data.synth's SynthConfig fields, at this depth of the dotted key (train_data: under
+# a set's name, which may be new).
+_SYNTH_DEPTH = {"data": 1, "short_data": 1, "long_data": 1, "train_data": 2}
+# Sections whose keys must be demo.yaml's; below `eval`, these keys may hold new entries (a new inference mode,
+# Hydra overrides of conf/eval/evaluate.yaml, inference knobs).
+_FIXED_SECTIONS = ("stages", "sweep", "eval")
+_OPEN_EVAL_KEYS = ("modes", "overrides", "inference")
 
 
 def _check_key(base: DictConfig, arg: str) -> None:
-    """Refuse an override whose key the demo would not read: an unknown top-level key, stage or sweep field,
-    or a video-set field that is not a `data.synth.SynthConfig` field. Keys under `common`, `stages.<stage>`
-    and `eval` are Hydra overrides of conf/ and checked by the typed configs that read them."""
+    """Refuse an override whose key the demo would not read: an unknown top-level key, a key below a plain
+    setting, an unknown stage, sweep or eval key, or a video-set field that is not a `data.synth.SynthConfig`
+    field (also among the keys of a mapping value such as ``short_data={videos: 5}``). Keys under `common`,
+    `stages.<stage>`, `eval.overrides` and `eval.inference` are Hydra overrides of conf/, checked by
+    `check_stage_configs` and the evaluation's typed config."""
     import dataclasses
 
     from data.synth import SynthConfig
 
-    parts = arg.split("=", 1)[0].strip().lstrip("+").split(".")
-    top = parts[0]
-    if top not in base:
-        raise ValueError(f"override {arg!r}: unknown key {top!r} (demo.yaml has {', '.join(map(str, base))})")
-    synth_fields = {f.name for f in dataclasses.fields(SynthConfig)} - {"out"}
-    field = parts[1] if top in _SYNTH_SECTIONS else parts[2] if top == "train_data" else None
-    if field is not None and len(parts) > (1 if top in _SYNTH_SECTIONS else 2) and field not in synth_fields:
-        raise ValueError(f"override {arg!r}: {field!r} is not a data.synth field "
-                         f"(known: {', '.join(sorted(synth_fields))})")
-    if top in ("stages", "sweep") and len(parts) > 1 and parts[1] not in base[top]:
-        raise ValueError(f"override {arg!r}: unknown {top} key {parts[1]!r} "
-                         f"(demo.yaml has {', '.join(map(str, base[top]))})")
+    key = arg.split("=", 1)[0].strip().lstrip("+")
+    parts = key.split(".")
+    value = OmegaConf.select(OmegaConf.from_dotlist([arg]), key)
+    # every dotted key the override sets: the key itself, or the key joined with each key of a mapping value
+    keys = [parts + [str(k)] for k in value] if isinstance(value, DictConfig) and len(value) else [parts]
+    for path in keys:
+        top = path[0]
+        if top not in base:
+            raise ValueError(f"override {arg!r}: unknown key {top!r} (demo.yaml has {', '.join(map(str, base))})")
+        if len(path) > 1 and not isinstance(base[top], DictConfig):
+            raise ValueError(f"override {arg!r}: {top!r} is a setting, not a section")
+        depth = _SYNTH_DEPTH.get(top)
+        if depth is not None and len(path) > depth:
+            fields = {f.name for f in dataclasses.fields(SynthConfig)} - {"out"}
+            if path[depth] not in fields or len(path) > depth + 1:
+                raise ValueError(f"override {arg!r}: {'.'.join(path[depth:])!r} is not a data.synth field "
+                                 f"(known: {', '.join(sorted(fields))})")
+        if top in _FIXED_SECTIONS and len(path) > 1 and path[1] not in base[top]:
+            raise ValueError(f"override {arg!r}: unknown {top} key {path[1]!r} "
+                             f"(demo.yaml has {', '.join(map(str, base[top]))})")
+        if top == "eval" and len(path) > 2 and path[1] not in _OPEN_EVAL_KEYS:
+            raise ValueError(f"override {arg!r}: eval.{path[1]} has no key {path[2]!r}")
 
 
 def load_config(argv: list[str]) -> DictConfig:
@@ -94,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     try:
         cfg = load_config(args)
-    except ValueError as exc:
+        check_stage_configs(cfg, Path(str(cfg.out)))
+    except ValueError as exc:  # train.config.ConfigError included
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
     out = Path(str(cfg.out))

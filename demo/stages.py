@@ -32,6 +32,21 @@ def stage_overrides(cfg: DictConfig, stage: str, out: Path) -> list[str]:
     return base + [f"++{o}" for o in flatten(cfg.common) + flatten(cfg.stages[stage])]
 
 
+def check_stage_configs(cfg: DictConfig, out: Path) -> None:
+    """Compose and check every stage's run config as training will (`train.pipeline.compose_stage`,
+    `train.build.check_run`) before any data exists, so a misspelt key or bad value under `common` or
+    `stages.<stage>` fails at once. Paths (shards, the previous stage's export) are not checked: they are
+    written later. Raises ConfigError naming the field."""
+    from train.build import check_run
+    from train.pipeline import compose_stage
+
+    previous: str | None = None
+    for stage in cfg.stages:
+        run, _ = compose_stage(str(stage), stage_overrides(cfg, str(stage), out), previous)
+        check_run(run, check_paths=False)
+        previous = str(Path(run.output_dir) / "export")
+
+
 def train_stages(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
     """Train every stage in order in this process's world (train.pipeline.run_pipeline); one summary per stage."""
     from train.engine import read_dist_env

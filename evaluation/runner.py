@@ -72,12 +72,14 @@ def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
 
     Every format is read by `data.benchmarks.read_benchmark` (``strict`` turns any excluded row, and any
     missing video, into an AnnotationError). Raises AnnotationError (naming the file, the excluded rows'
-    reasons and the tasks found) when no sample is left; ConfigError naming `data` (or `split`) when the file,
-    folder or split's shards are not there.
+    reasons and the tasks found) when no sample is left; ConfigError naming the field when `data`,
+    `video_root` or `durations` is not there, or (`split`) when the synth folder holds no shards of the split.
     """
     fmt = cfg.format
     if not Path(cfg.data).exists():
         raise ConfigError("data", f"no such file or folder {cfg.data}")
+    if cfg.video_root and not Path(cfg.video_root).is_dir():
+        raise ConfigError("video_root", f"no such folder {cfg.video_root}")
     if cfg.durations and not Path(cfg.durations).is_file():
         raise ConfigError("durations", f"no such file {cfg.durations}")
     try:
@@ -86,8 +88,9 @@ def load_samples(cfg: EvalConfig, work_dir: Path) -> LoadedSamples:
         else:
             opts = {"durations": cfg.durations} if cfg.durations else {}
             read = read_benchmark(fmt, cfg.data, cfg.video_root, strict=cfg.strict, **opts)
-    except FileNotFoundError as exc:  # e.g. no shards of `split`, a missing durations csv
-        raise ConfigError("split" if fmt == "synth" else "data", str(exc)) from exc
+    except FileNotFoundError as exc:  # synth: no shards of `split` (of any split: `data` is the wrong folder)
+        has_shards = fmt == "synth" and any(Path(cfg.data).glob("*-*.tar"))
+        raise ConfigError("split" if has_shards else "data", str(exc)) from exc
     samples, excluded = list(read.samples), list(read.excluded)
     missing = [s for s in samples if s.metadata.get("video_missing")]
     if cfg.strict and missing:

@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-missing", action="store_true",
                         help="write the output even if model tensors are missing (they get initialised on load)")
     args = parser.parse_args(argv)
-    config = build_preset(args.config) if args.config else None
     try:
+        config = build_preset(args.config) if args.config else None
         report = convert(args.src, args.dst, config=config, allow_missing=args.allow_missing)
     except (ValueError, FileNotFoundError) as err:
         print(f"conversion failed: {err}", file=sys.stderr)

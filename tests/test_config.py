@@ -223,3 +223,16 @@ def test_pipeline_validates_every_stage_before_training_any(tmp_path: Path,
         pipeline.run_pipeline(["dts", "long"], overrides)
     assert err.value.field == "stage.frames_upbound" and "stage.max_length=400" in str(err.value)
     pipeline.validate_stages(["dts", "align", "sft"], overrides)  # the valid prefix passes
+
+
+@pytest.mark.parametrize(("args", "said"), [(["--stages", "dts,polish"], "--stages: unknown stage 'polish'"),
+                                            (["--stages", "dts", "stage.stpes=3"], "config error: overrides: stage dts:")])
+def test_pipeline_cli_bad_stage_or_override_is_one_line(args: list[str], said: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from train.pipeline import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "model=tiny", "data=synth"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said in last, last

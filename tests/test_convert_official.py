@@ -135,6 +135,8 @@ def test_shape_mismatch_names_the_key(tmp_path: Path, tiny_cfg: VideoXL2Config, 
     with pytest.raises(ValueError, match=rf"shape mismatch for {key}.*\[7, 64\]"):
         convert(src, tmp_path / "out", config=tiny_cfg)
     assert main(["--src", str(src), "--dst", str(tmp_path / "out2"), "--config", "tiny"]) == 2
+    assert main(["--src", str(src), "--dst", str(tmp_path / "out3"), "--config", "bogus"]) == 2  # no such preset
+    assert not (tmp_path / "out3").exists()
 
 
 def test_missing_and_unexpected_keys_reported(tmp_path: Path, tiny_cfg: VideoXL2Config, official, capsys) -> None:

@@ -58,7 +58,9 @@ def test_config_loads_with_overrides() -> None:
                                            ("stages.longer.stage.steps=3", "unknown stages key 'longer'"),
                                            ("sweep.videos=3", "unknown sweep key 'videos'"),
                                            ("short_data.frames=3", "'frames' is not a data.synth field"),
-                                           ("train_data.long_needle.vidoes=3", "'vidoes' is not a data.synth field")])
+                                           ("train_data.long_needle.vidoes=3", "'vidoes' is not a data.synth field"),
+                                           ("short_data={vidoes: 3}", "'vidoes' is not a data.synth field"),
+                                           ("eval.limt=3", "unknown eval key 'limt'")])
 def test_bad_override_exits_2_with_one_line(arg: str, said: str, capsys: pytest.CaptureFixture[str],
                                             tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -66,6 +68,19 @@ def test_bad_override_exits_2_with_one_line(arg: str, said: str, capsys: pytest.
     err = capsys.readouterr().err
     assert exc.value.code == 2 and said in err and repr(arg) in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()  # rejected before anything was written
+
+
+@pytest.mark.parametrize(("arg", "said"), [("stages.long.stage.stpes=3", "stage.stpes: unknown field"),
+                                           ("common.loop.micro_batch_size=0", "loop.micro_batch_size: must be >= 1")])
+def test_bad_stage_setting_exits_2_before_any_data(arg: str, said: str, capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    """Keys under `common` and `stages.<stage>` are Hydra overrides of conf/: every stage's run config is
+    composed and checked before data generation, so a typo or bad value is one line naming the field."""
+    with pytest.raises(SystemExit) as exc:
+        main([f"out={tmp_path / 'out'}", arg])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and said in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_help_prints_usage_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:

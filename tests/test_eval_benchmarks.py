@@ -367,8 +367,8 @@ def test_strict_turns_exclusions_and_missing_videos_into_errors(tiny: dict[str, 
 
 
 def test_a_missing_data_path_or_split_is_a_config_error_naming_it(tiny: dict[str, Any], tmp_path: Path) -> None:
-    """`data` that is not there, or synth shards without the asked split, fail with the field named, before
-    the weights are read (the CLI prints it as one line and exits 2)."""
+    """`data` or `video_root` that is not there, or synth shards without the asked split, fail with the field
+    named, before the weights are read (the CLI prints it as one line and exits 2)."""
     from train.config import ConfigError
 
     def evaluate(*overrides: str) -> None:
@@ -384,6 +384,13 @@ def test_a_missing_data_path_or_split_is_a_config_error_naming_it(tiny: dict[str
     with pytest.raises(ConfigError) as err:
         evaluate("format=synth", f"data={tmp_path / 'shards'}", "split=val")
     assert err.value.field == "split" and "no shards val-*.tar" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # a folder without any shard: the folder is what is wrong
+        evaluate("format=synth", f"data={tmp_path}", "split=test")
+    assert err.value.field == "data" and "no shards test-*.tar" in str(err.value)
+    (tmp_path / "rows.json").write_text("[]")
+    with pytest.raises(ConfigError) as err:
+        evaluate("format=records", f"data={tmp_path / 'rows.json'}", f"video_root={tmp_path / 'absent'}")
+    assert err.value.field == "video_root" and "absent" in str(err.value)
 
 
 @pytest.mark.parametrize(("build", "protocol", "outputs", "expected"), [

@@ -56,4 +56,6 @@ def test_plan_says_which_model_it_plans(tmp_path) -> None:
     assert model_cfg.text_config.num_hidden_layers == 3
     assert str(tmp_path) in line and "text_config.num_hidden_layers: 4 (model group), 3 (init_from)" in line, line
     run, model_cfg, _ = compose_run(["model=tiny", "stage=sft", "stage.init_from=null"])
-    assert model_cfg.text_config.num_hidden_layers == 4 and "model group" in model_source(run, model_cfg)
+    assert model_cfg.text_config.num_hidden_layers == 4 and "is null" in model_source(run, model_cfg)
+    run, model_cfg, _ = compose_run(["model=tiny", "stage=sft", f"stage.init_from={tmp_path / 'later'}"])
+    assert f"{tmp_path / 'later'} has no config.json yet" in model_source(run, model_cfg)

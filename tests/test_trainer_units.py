@@ -449,3 +449,14 @@ def test_a_build_waiting_on_a_lock_says_which_file(tmp_path: Path, monkeypatch: 
         time.sleep(0.3)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and str(lock) in lines[0] and "delete the file" in lines[0]
+
+
+def test_restore_schedule_refuses_the_schedulers_own_multiplier() -> None:
+    """A scheduler built on the run's schedule object itself has had it overwritten by the checkpoint load:
+    restore_schedule says so instead of finding "no difference"; build_engine hands LambdaLR a copy."""
+    from train.optim import WarmupCosine, restore_schedule
+
+    schedule = WarmupCosine(total_steps=9, warmup_steps=1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="give the scheduler a copy"):
+        restore_schedule(torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule), schedule)

@@ -146,6 +146,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--data", default=None, help="--packing: an existing data.synth output dir")
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from model.presets import load_preset_dict
+
+    try:
+        load_preset_dict(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(f"--model: {exc}")
+    if not (CONF_DIR / "deepspeed" / f"{args.deepspeed}.yaml").is_file():
+        parser.error(f"--deepspeed: no conf/deepspeed/{args.deepspeed}.yaml")
     if args.packing:
         return packing_bench(args)
 

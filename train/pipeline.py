@@ -27,13 +27,22 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_stage(stage: str, overrides: list[str], init_from: str | None) -> tuple[RunConfig, dict]:
-    """Compose conf/config.yaml for `stage` with `overrides` (and init_from when chaining)."""
+    """Compose conf/config.yaml for `stage` with `overrides` (and init_from when chaining).
+
+    Raises ConfigError("overrides", ...) with Hydra's first line for an override it cannot apply (an unknown
+    key or group option), and ConfigError naming the field for a value the typed RunConfig refuses."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     extra = [f"stage={stage}", *overrides]
     if init_from is not None:
         extra.append(f"stage.init_from={init_from}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="config", overrides=extra)
-    raw = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose(config_name="config", overrides=extra)
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError("overrides", f"stage {stage}: {str(exc).strip().splitlines()[0]}") from exc
     assert isinstance(raw, dict)
     return parse_run_config(raw), raw
 
@@ -89,8 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the stages in order (Hydra overrides follow).")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, in order")
     args, overrides = parser.parse_known_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        parser.error(f"--stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})" if unknown
+                     else "--stages: no stage given")
     try:
-        run_pipeline([s for s in args.stages.split(",") if s], overrides)
+        run_pipeline(stages, overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -412,13 +412,15 @@ def model_source(run: RunConfig, model_cfg: Any) -> str:
     from train import build
 
     init = run.stage.init_from
-    if not (init and (Path(init) / "config.json").is_file()):
-        return "model: the model group's config (no stage.init_from model directory)"
+    if not init:
+        return "model: the model group's config (stage.init_from is null)"
+    if not (Path(init) / "config.json").is_file():
+        return f"model: the model group's config (stage.init_from={init} has no config.json yet)"
     differs = build.model_group_differences(run, model_cfg)
     line = f"model: {init}/config.json (stage.init_from), as python -m train would train it"
     if differs:
-        line += (f"; the model group differs in {len(differs)} fields, e.g. {differs[0]} "
-                 "(stage.init_from=null plans the model group)")
+        line += (f"; the model group differs in {len(differs)} field{'s' if len(differs) > 1 else ''}, e.g. "
+                 f"{differs[0]} (stage.init_from=null plans the model group)")
     return line
 
 
