@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.synth import SynthConfig, generate
 
-__all__ = ["data_sets", "generate_all", "generate_data"]
+__all__ = ["check_sets", "data_sets", "generate_all", "generate_data"]
 
 
 def _synth_config(fields: dict[str, Any], out: Path) -> SynthConfig:
@@ -69,6 +69,16 @@ def data_sets(cfg: DictConfig, out: Path) -> list[tuple[dict[str, Any], Path]]:
     if cfg.get("long_data") and cfg.eval.get("long_benches"):  # long videos, only read by the evaluation
         sets.append((fields(cfg.long_data), root / "long"))
     return sets
+
+
+def check_sets(sets: list[tuple[dict[str, Any], Path]]) -> None:
+    """Validate every set's SynthConfig before any is generated. Raises ValueError naming the set's folder and
+    the field."""
+    for fields, out in sets:
+        try:
+            _synth_config(fields, out).validate()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"video set {out}: {exc}") from None
 
 
 def generate_all(sets: list[tuple[dict[str, Any], Path]], workers: int) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from demo.datasets import data_sets, generate_all
+from demo.datasets import check_sets, data_sets, generate_all
 from demo.evaluate import ModeJob, blind_baseline, evaluate_modes, make_sweep_data
 from demo.stages import check_stage_configs, train_in_ranks
 from train.engine import build_comm_ops
@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     try:
         cfg = load_config(args)
+        for name in ("ranks", "threads_per_rank", "data_workers"):
+            if not isinstance(cfg.get(name), int) or cfg.get(name) < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {cfg.get(name)!r}")
+        check_sets(data_sets(cfg, Path(str(cfg.out))))
         check_stage_configs(cfg, Path(str(cfg.out)))
     except ValueError as exc:  # train.config.ConfigError included
         print(f"config error: {exc}", file=sys.stderr)

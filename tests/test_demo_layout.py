@@ -70,12 +70,16 @@ def test_bad_override_exits_2_with_one_line(arg: str, said: str, capsys: pytest.
     assert not (tmp_path / "out").exists()  # rejected before anything was written
 
 
-@pytest.mark.parametrize(("arg", "said"), [("stages.long.stage.stpes=3", "stage.stpes: unknown field"),
+@pytest.mark.parametrize(("arg", "said"), [("ranks=0", "ranks: must be an integer >= 1"),
+                                           ("data_workers=0", "data_workers: must be an integer >= 1"),
+                                           ("short_data.videos=-1", "/data/short: videos: invalid value"),
+                                           ("stages.long.stage.stpes=3", "stage.stpes: unknown field"),
                                            ("common.loop.micro_batch_size=0", "loop.micro_batch_size: must be >= 1")])
 def test_bad_stage_setting_exits_2_before_any_data(arg: str, said: str, capsys: pytest.CaptureFixture[str],
                                                    tmp_path: Path) -> None:
-    """Keys under `common` and `stages.<stage>` are Hydra overrides of conf/: every stage's run config is
-    composed and checked before data generation, so a typo or bad value is one line naming the field."""
+    """Bad values are refused before data generation, as one line naming the field: the process counts, every
+    video set's data.synth settings, and each stage's run config (keys under `common` and `stages.<stage>` are
+    Hydra overrides of conf/, composed and checked as training will)."""
     with pytest.raises(SystemExit) as exc:
         main([f"out={tmp_path / 'out'}", arg])
     err = capsys.readouterr().err
