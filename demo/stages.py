@@ -33,18 +33,14 @@ def stage_overrides(cfg: DictConfig, stage: str, out: Path) -> list[str]:
 
 
 def check_stage_configs(cfg: DictConfig, out: Path) -> None:
-    """Compose and check every stage's run config as training will (`train.pipeline.compose_stage`,
-    `train.build.check_run`) before any data exists, so a misspelt key or bad value under `common` or
+    """Compose and check every stage's run config as training will (`train.pipeline.validate_stages`)
+    before any data exists, so a misspelt key or bad value under `common` or
     `stages.<stage>` fails at once. Paths (shards, the previous stage's export) are not checked: they are
     written later. Raises ConfigError naming the field."""
-    from train.build import check_run
-    from train.pipeline import compose_stage
+    from train.pipeline import validate_stages
 
-    previous: str | None = None
-    for stage in cfg.stages:
-        run, _ = compose_stage(str(stage), stage_overrides(cfg, str(stage), out), previous)
-        check_run(run, check_paths=False)
-        previous = str(Path(run.output_dir) / "export")
+    stages = [str(s) for s in cfg.stages]
+    validate_stages(stages, [], {s: stage_overrides(cfg, s, out) for s in stages}, check_paths=False)
 
 
 def train_stages(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,30 @@ from data.mix import DataConfig, ResolvedSource
 from train import checkpoint as ckpt
 from train.config import FINETUNE, ConfigError, RunConfig, data_error, validate_run_config
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: list[str], context: str = "") -> dict[str, Any]:
+    """conf/config.yaml composed with Hydra `overrides` and resolved, as a plain dict.
+
+    Raises ConfigError("overrides", `context` + Hydra's first line) for an override Hydra cannot apply (an
+    unknown key or group option, a value that does not parse)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose(config_name="config", overrides=overrides)
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ConfigError("overrides", f"{context}{first}") from exc
+    assert isinstance(raw, dict)
+    return raw
+
+
 # Positions a timestamp text may take when no tokenizer is available (the released Video-XL-2
 # recipe budgets about 152 positions per 144-token group, i.e. ~8 for the timestamp).
 FALLBACK_TIMESTAMP_TOKENS = 8

@@ -15,15 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from train.build import check_run
+from train.build import check_run, compose_config
 from train.config import STAGES, ConfigError, RunConfig, parse_run_config
 from train.engine import shutdown_distributed
 from train.trainer import LoopResult, train_stage
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_stage(stage: str, overrides: list[str], init_from: str | None) -> tuple[RunConfig, dict]:
@@ -31,34 +26,26 @@ def compose_stage(stage: str, overrides: list[str], init_from: str | None) -> tu
 
     Raises ConfigError("overrides", ...) with Hydra's first line for an override it cannot apply (an unknown
     key or group option), and ConfigError naming the field for a value the typed RunConfig refuses."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     extra = [f"stage={stage}", *overrides]
     if init_from is not None:
         extra.append(f"stage.init_from={init_from}")
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name="config", overrides=extra)
-        raw = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError("overrides", f"stage {stage}: {str(exc).strip().splitlines()[0]}") from exc
-    assert isinstance(raw, dict)
+    raw = compose_config(extra, context=f"stage {stage}: ")
     return parse_run_config(raw), raw
 
 
 def validate_stages(stages: list[str], overrides: list[str],
-                    stage_overrides: Mapping[str, Sequence[str]] | None = None) -> None:
+                    stage_overrides: Mapping[str, Sequence[str]] | None = None, check_paths: bool = True) -> None:
     """Compose and validate every stage before any trains (raises ConfigError naming the field).
 
     The first stage gets every check `python -m train` makes; a later stage starts from its
     predecessor's export, which does not exist yet, so its paths are not checked (the model group's
-    config stands in for the export's) until it starts.
+    config stands in for the export's) until it starts. ``check_paths=False`` checks no stage's paths
+    (for a caller that writes the data afterwards).
     """
     previous: str | None = None
     for s in stages:
         run, _ = compose_stage(s, [*overrides, *(stage_overrides or {}).get(s, ())], previous)
-        check_run(run, check_paths=previous is None)
+        check_run(run, check_paths=check_paths and previous is None)
         previous = str(Path(run.output_dir) / "export")
 
 

@@ -34,7 +34,6 @@ from torch import nn
 
 from train.config import ConfigError, RunConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GPUS_PER_NODE = 8
 SUPERVISED_TOKENS = 256  # answer tokens per sample the LM head runs on (the plan's assumption)
 TEXT_TOKENS = 200  # prompt + answer text around the video (system prompt, question, answer, ChatML)
@@ -382,22 +381,10 @@ def split_args(argv: list[str]) -> tuple[dict[str, float], list[str]]:
 
 def compose_run(overrides: list[str]) -> tuple[RunConfig, Any, int]:
     """(run config, model config, timestamp tokens) composed like `python -m train`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     from train import build
     from train.config import parse_run_config, validate_run_config
 
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name="config", overrides=overrides)
-        raw = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError("overrides", str(exc).splitlines()[0]) from exc
-    assert isinstance(raw, dict)
-    run = parse_run_config(raw)
+    run = parse_run_config(build.compose_config(overrides))
     init = run.stage.init_from
     model_cfg = build.model_config(run, read_init_from=bool(init) and (Path(init) / "config.json").is_file())
     ts = build.FALLBACK_TIMESTAMP_TOKENS
